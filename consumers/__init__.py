@@ -1,0 +1,1 @@
+"""Plain confluent-kafka consumers for slow or blocking work (PostgreSQL sink, trainer)."""

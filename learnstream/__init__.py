@@ -1,0 +1,3 @@
+"""learnstream: turn the telemetry of AI developer tools into better models, continuously."""
+
+__version__ = "0.1.0"

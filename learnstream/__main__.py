@@ -1,0 +1,5 @@
+"""``python -m learnstream``."""
+
+from learnstream.cli import main
+
+main()

@@ -1,0 +1,245 @@
+"""The ``learnstream`` command line.
+
+Every option can also be set from the environment (shown in ``--help``); settings come from
+``LEARNSTREAM_*`` variables. Heavy imports happen inside commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from learnstream.settings import Settings
+
+
+class Context:
+    """Per-invocation state: settings are built once, on first use."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The process settings; invalid ones end the command with a message naming them."""
+        if self._settings is None:
+            from learnstream.settings import SettingsError, load_settings
+
+            try:
+                self._settings = load_settings(**self._overrides)
+            except SettingsError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._settings
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka properties for this process, or a clear error if no broker is known."""
+        from learnstream.kafka import BrokerNotConfiguredError, client_config
+
+        try:
+            return client_config(self.settings, **overrides)
+        except BrokerNotConfiguredError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "LEARNSTREAM", "show_default": True})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="LEARNSTREAM_DATA_DIR",
+    show_envvar=True,
+    help="Local state: dev broker address, embedded PostgreSQL and Qdrant, dataset, registry.",
+)
+@click.version_option(package_name="learnstream")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path | None) -> None:
+    """learnstream: turn AI developer-tool telemetry into better models, continuously."""
+    ctx.obj = Context({"data_dir": data_dir})
+
+
+# --- dev broker -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--brokers", default=1, show_envvar=True, type=click.IntRange(1, 9), help="Mock brokers."
+)
+@pass_ctx
+def broker(obj: Context, brokers: int) -> None:
+    """Run the dev broker: librdkafka's built-in mock Kafka cluster on loopback.
+
+    Prints the bootstrap address and records it under the data directory, where every other
+    command finds it when LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is unset. Stops on Ctrl-C/SIGTERM.
+
+    \b
+    Limits: in memory only (everything is lost when it stops); topics are auto-created on
+    first use with 4 partitions; no CreateTopics, DeleteTopics or DescribeConfigs. For
+    production use Redpanda or Kafka (see deploy/).
+    """
+    from learnstream.devbroker import serve
+    from learnstream.kafka import read_dev_broker
+
+    settings = obj.settings
+    running = read_dev_broker(settings.broker_file)
+    if running is not None:
+        raise click.ClickException(
+            f"a dev broker is already running on {running['bootstrap_servers']} "
+            f"(pid {running['pid']}, recorded in {settings.broker_file})"
+        )
+    serve(settings.broker_file, brokers)
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def topics() -> None:
+    """Create, list and describe learnstream's topics (from the registry in schemas/topics.py)."""
+
+
+@topics.command("create")
+@pass_ctx
+def topics_create(obj: Context) -> None:
+    """Create every registry topic that is missing (partitions, retention, cleanup policy)."""
+    from learnstream.devbroker import MOCK_DEFAULT_PARTITIONS
+    from learnstream.kafka import is_dev_broker
+    from learnstream.topicadmin import create_topics
+
+    conf = obj.kafka_config()
+    if is_dev_broker(obj.settings):
+        click.echo(
+            f"dev broker at {conf['bootstrap.servers']}: topics are auto-created on first use "
+            f"({MOCK_DEFAULT_PARTITIONS} partitions, in memory); nothing to create."
+        )
+        return
+    for name, state in create_topics(conf, obj.settings.kafka.replication_factor).items():
+        click.echo(f"{name:24} {state}")
+
+
+@topics.command("list")
+@pass_ctx
+def topics_list(obj: Context) -> None:
+    """List registry topics (present or missing) and any others on the broker."""
+    from learnstream.topicadmin import list_topics
+
+    click.echo(f"{'TOPIC':24} {'PARTITIONS':>10}  {'REGISTRY':>8}  KEY")
+    for state in list_topics(obj.kafka_config()):
+        parts = "missing" if state.partitions is None else str(state.partitions)
+        want = str(state.spec.partitions) if state.spec else "-"
+        key = state.spec.key if state.spec else ""
+        click.echo(f"{state.name:24} {parts:>10}  {want:>8}  {key}")
+
+
+@topics.command("describe")
+@click.argument("names", nargs=-1)
+@pass_ctx
+def topics_describe(obj: Context, names: tuple[str, ...]) -> None:
+    """Partitions, leaders, offsets and configs of topics (default: every registry topic)."""
+    from learnstream.kafka import is_dev_broker
+    from learnstream.topicadmin import describe_topic
+    from schemas.topics import TOPICS
+
+    conf = obj.kafka_config()
+    dev = is_dev_broker(obj.settings)
+    failed = False
+    for name in names or tuple(TOPICS):
+        try:
+            info = describe_topic(conf, name, with_configs=not dev)
+        except LookupError as exc:
+            click.echo(f"{name}: {exc}", err=True)
+            failed = True
+            continue
+        spec = info["registry"]
+        click.echo(f"{name}" + (f"  (key {spec.key}, value {spec.value})" if spec else ""))
+        for p in info["partitions"]:
+            click.echo(
+                f"  partition {p['partition']:>3}  leader {p['leader']}  "
+                f"offsets {p['low']}..{p['high']}  messages {p['messages']}"
+            )
+        if info["configs"] is None:
+            click.echo("  configs: not available (the dev broker has no DescribeConfigs)")
+        else:
+            for key, value in sorted(info["configs"].items()):
+                click.echo(f"  {key} = {value}")
+    if failed:
+        sys.exit(1)
+
+
+@topics.command("rpk-script")
+def topics_rpk_script() -> None:
+    """Print deploy/redpanda/topics.sh (rpk commands) generated from the registry."""
+    from learnstream.topicadmin import rpk_script
+
+    click.echo(rpk_script(), nl=False)
+
+
+# --- schemas --------------------------------------------------------------------------------
+
+
+@cli.group()
+def schemas() -> None:
+    """Event and record schemas."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write JSON Schema for every event model and record to DIRECTORY."""
+    from learnstream.schema_export import export_schemas
+
+    written = export_schemas(directory)
+    click.echo(f"wrote {len(written)} schemas to {directory}")
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@cli.command("config")
+@pass_ctx
+def show_config(obj: Context) -> None:
+    """Print the effective settings (secrets masked) as JSON."""
+    click.echo(json.dumps(obj.settings.model_dump(mode="json"), indent=2))
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--examples",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of <source>-events.jsonl files (default: the bundled examples/).",
+)
+@click.option(
+    "--schemas-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to export JSON Schemas (default: <data dir>/schemas).",
+)
+@pass_ctx
+def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
+    """Run the main job on embedded defaults and print a summary.
+
+    Starts the dev broker (unless LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is set), checks the
+    topics, exports the schemas, publishes the sample telemetry and reads it back.
+    """
+    from learnstream.demo import run_demo
+
+    run_demo(obj.settings, examples=examples, schemas_dir=schemas_dir, echo=click.echo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="learnstream")
+
+
+if __name__ == "__main__":
+    main()

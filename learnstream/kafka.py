@@ -1,0 +1,77 @@
+"""Client configuration shared by every confluent-kafka and aiokafka client of a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from learnstream.settings import Settings
+
+
+class BrokerNotConfiguredError(RuntimeError):
+    """Neither bootstrap servers nor a running dev broker were found."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reachable(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def read_dev_broker(broker_file: Path) -> dict[str, Any] | None:
+    """The dev broker's record if its process is alive and its port answers, else None."""
+    try:
+        record = json.loads(broker_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not _pid_alive(int(record.get("pid", -1))):
+        return None
+    if not _reachable(str(record.get("bootstrap_servers", ""))):
+        return None
+    return record
+
+
+def is_dev_broker(settings: Settings) -> bool:
+    """True when this process talks to the dev broker (no bootstrap servers configured)."""
+    return settings.kafka.bootstrap_servers is None
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    """The configured bootstrap servers, else the running dev broker's address."""
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    record = read_dev_broker(settings.broker_file)
+    if record is None:
+        raise BrokerNotConfiguredError(
+            "no Kafka broker: set LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS, or start the dev broker "
+            f"with `learnstream broker` (it records its address in {settings.broker_file})"
+        )
+    return str(record["bootstrap_servers"])
+
+
+def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka properties for a confluent-kafka client: bootstrap, client id, security, extra."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers(settings),
+        "client.id": settings.kafka.client_id,
+    }
+    conf.update(settings.kafka.security_config())
+    conf.update(settings.kafka.extra)
+    conf.update(overrides)
+    return conf

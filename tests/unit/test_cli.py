@@ -1,0 +1,90 @@
+"""The command line: fast --help (no heavy imports) and schema export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from learnstream.cli import cli
+from schemas import EVENT_MODELS, parse_event
+from tests.unit.events import event
+
+HEAVY = (
+    "torch",
+    "transformers",
+    "faust",
+    "qdrant_client",
+    "sentence_transformers",
+    "confluent_kafka",
+    "psycopg",
+    "pydantic",
+)
+
+
+def test_help_lists_commands_without_heavy_imports() -> None:
+    code = (
+        "import sys\n"
+        "from learnstream.cli import cli\n"
+        "try:\n    cli(['--help'], prog_name='learnstream')\nexcept SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        f"print('LOADED', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "LOADED []" in out.stdout
+    for command in ("broker", "topics", "schemas", "config", "demo"):
+        assert f"  {command} " in out.stdout
+
+
+def test_broker_help_states_its_limits() -> None:
+    result = CliRunner().invoke(cli, ["broker", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "in memory only" in text
+    assert "no CreateTopics" in text
+
+
+def test_schemas_export_writes_every_model(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["schemas", "export", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "out").rglob("*.schema.json"))
+    n_events = sum(len(m) for m in EVENT_MODELS.values())
+    assert len(files) == n_events + 8
+    assert f"wrote {len(files)} schemas" in result.output
+    schema = json.loads((tmp_path / "out/events/ralph/task_completed.schema.json").read_text())
+    assert {"task_id", "prompt", "timestamp", "event_type"} <= set(schema["properties"])
+    assert set(schema["required"]) >= {"task_id", "prompt", "timestamp", "event_type"}
+    assert schema["additionalProperties"] is True
+    for name in (
+        "ScoredInteraction",
+        "Pattern",
+        "DatasetExample",
+        "TrainingTrigger",
+        "TrainingResult",
+        "DeadLetter",
+        "Interaction",
+    ):
+        exported = json.loads((tmp_path / f"out/{name}.schema.json").read_text())
+        assert "schema_version" in json.dumps(exported)
+    index = json.loads((tmp_path / "out/index.json").read_text())
+    assert index["events"]["ralph"][0] == "checkpoint_saved"
+
+
+def test_exported_schema_agrees_with_the_model(tmp_path: Path) -> None:
+    """Properties the JSON Schema requires are exactly the fields the model rejects missing."""
+    CliRunner().invoke(cli, ["schemas", "export", str(tmp_path)])
+    schema = json.loads((tmp_path / "events/aidb/error.schema.json").read_text())
+    data = event("aidb", "error")
+    for field in schema["required"]:
+        if field == "event_type":
+            continue
+        broken = {k: v for k, v in data.items() if k != field}
+        try:
+            parse_event("aidb", broken)
+        except ValueError as exc:
+            assert field in str(exc)
+        else:
+            raise AssertionError(f"{field} is required by the schema but not by the model")

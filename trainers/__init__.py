@@ -1,0 +1,1 @@
+"""LoRA fine-tuning, evaluation, the adapter registry, promotion and hot-swap notifiers."""
