@@ -180,6 +180,150 @@ def topics_rpk_script() -> None:
     click.echo(rpk_script(), nl=False)
 
 
+# --- producers -----------------------------------------------------------------------------
+
+
+@cli.group()
+def produce() -> None:
+    """Publish tool telemetry: one-shot from JSONL, or by following the tools' JSONL files."""
+
+
+SOURCES = click.Choice(["ralph", "aidb", "hybrid", "vscode"])
+
+
+@produce.command("send")
+@click.option(
+    "--source",
+    "source",
+    required=True,
+    type=SOURCES,
+    show_envvar=True,
+    help="Which tool's schema and topic.",
+)
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_envvar=True,
+    help="Seconds to wait for delivery before giving up (undelivered stay spooled).",
+)
+@click.option(
+    "--spool-name", default=None, show_envvar=True, help="Spool folder name (default: send-SOURCE)."
+)
+@pass_ctx
+def produce_send(
+    obj: Context, source: str, file: Any, timeout: float, spool_name: str | None
+) -> None:
+    """Send a JSONL FILE (or - for stdin) to the source's topic; invalid lines go to the DLQ.
+
+    Exits 0 when every line was delivered or dead-lettered, 1 when some could not be
+    delivered (they stay in the spool and are resent by the next run with the same spool).
+    """
+    from schemas import Source
+    from streams.producers.sdk import TelemetryProducer
+    from streams.producers.sender import read_lines, send_lines
+
+    settings = obj.settings
+    obj.kafka_config()  # fail early and clearly when no broker is known
+    origin = "<stdin>" if file.name == "<stdin>" else str(file.name)
+    with TelemetryProducer(
+        source, settings, name=spool_name or f"send-{source}", stage="send"
+    ) as producer:
+        report = send_lines(
+            producer,
+            Source(source),
+            read_lines(file),
+            origin=origin,
+            deterministic_ids=origin != "<stdin>",
+            max_bytes=settings.max_event_bytes,
+        )
+        pending = producer.flush(timeout)
+        spooled = producer.spooled
+    types = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items()))
+    click.echo(
+        f"{source}: sent {report.sent}, invalid {report.invalid} (to telemetry.dlq)"
+        + (f"; {types}" if types else "")
+    )
+    if pending or spooled:
+        click.echo(
+            f"{pending + spooled} events not delivered yet; kept in the spool under "
+            f"{settings.spool_dir} and resent on the next run",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@produce.command("tail")
+@click.option(
+    "--source",
+    "sources",
+    required=True,
+    multiple=True,
+    type=SOURCES,
+    help="Source of the matching --path (repeat the pair for several files).",
+)
+@click.option(
+    "--path",
+    "paths",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL file to follow like tail -F (need not exist yet).",
+)
+@click.option(
+    "--from-start",
+    is_flag=True,
+    show_envvar=True,
+    help="Ignore checkpoints and replay each whole file (backfill).",
+)
+@click.option("--poll-interval", default=0.25, show_envvar=True, help="Seconds between checks.")
+@pass_ctx
+def produce_tail(
+    obj: Context,
+    sources: tuple[str, ...],
+    paths: tuple[Path, ...],
+    from_start: bool,
+    poll_interval: float,
+) -> None:
+    """Follow tools' JSONL files: rotation, truncation, partial lines, checkpointed resume.
+
+    \b
+    learnstream produce tail --source ralph --path ralph-events.jsonl \\
+                             --source aidb --path aidb-events.jsonl
+    """
+    from streams.producers.tailer import run_tailers
+
+    if len(sources) != len(paths):
+        raise click.UsageError("give one --source for each --path")
+    obj.kafka_config()
+    run_tailers(
+        obj.settings,
+        list(zip(sources, paths, strict=True)),
+        from_start=from_start,
+        poll_interval=poll_interval,
+    )
+
+
+# --- gateway --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default=None, help="Default: LEARNSTREAM_GATEWAY__HOST (127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Default: LEARNSTREAM_GATEWAY__PORT (8088).")
+@pass_ctx
+def gateway(obj: Context, host: str | None, port: int | None) -> None:
+    """HTTP ingest gateway: POST /v1/events/{source} with JSON or NDJSON; /healthz, /metrics.
+
+    Bearer-token auth when LEARNSTREAM_GATEWAY__TOKEN is set; bodies over
+    LEARNSTREAM_GATEWAY__MAX_BODY_BYTES get 413. Events go through the producer SDK, so they
+    spool to disk while the broker is down.
+    """
+    from streams.producers.gateway import serve_gateway
+
+    obj.kafka_config()
+    serve_gateway(obj.settings, host=host, port=port)
+
+
 # --- schemas --------------------------------------------------------------------------------
 
 

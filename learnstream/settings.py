@@ -123,7 +123,11 @@ class ProducerSettings(Group):
     spool_dir: Path | None = Field(default=None, description="Unset: <data dir>/spool.")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     linger_ms: int = Field(default=5, ge=0)
-    delivery_timeout_ms: int = Field(default=30_000, ge=1000)
+    delivery_timeout_ms: int = Field(
+        default=30_000, ge=500, description="After this, an undelivered event goes to the spool."
+    )
+    idempotence: bool = Field(default=True, description="Off only for brokers without it.")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
 
 
 class GatewaySettings(Group):

@@ -1,0 +1,488 @@
+"""The producer SDK: `TelemetryProducer.emit` for tools, built on confluent-kafka.
+
+`emit` only assigns the event id and enqueues; one background worker validates, produces,
+handles delivery reports, and spools to disk when the broker is down or slow:
+
+- DIRECT: records go to librdkafka. A failed delivery (timeout, broker down, local queue full)
+  switches to SPOOLING: not-yet-sent messages are purged back, in-flight ones are awaited, and
+  all failures are written to the spool in emit order.
+- SPOOLING: new records are appended to the spool; the worker resends the spool in order with
+  backoff, and returns to DIRECT once it is empty. A spool left by an earlier run is resent first.
+
+Delivery is at-least-once: a message in flight when the broker stalled may have been written
+and is then sent again (counted by ``learnstream_producer_possibly_duplicated``); every sink
+downstream dedupes by ``event_id``. Events are durable once `flush` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from learnstream.kafka import client_config
+from learnstream.settings import Settings
+from schemas.base import Source, SourceEvent
+from schemas.dlq import DeadLetter
+from schemas.errors import EventError
+from schemas.parsing import parse_source, validate_event
+from schemas.topics import DLQ, telemetry_topic
+from streams.producers.metrics import ProducerMetrics
+from streams.producers.spool import Spool, SpoolRecord
+
+log = logging.getLogger("learnstream.producer")
+
+JSON = b"application/json"
+_RESEND_BATCH = 5000
+_MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class _Event:
+    payload: SourceEvent | Mapping[str, Any]
+    source: Source
+    event_id: str
+
+
+@dataclass
+class _Dead:
+    raw: bytes
+    source: str | None
+    reason: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class _Flush:
+    done: threading.Event = field(default_factory=threading.Event)
+    pending: int = 0
+
+
+_STOP = object()
+
+
+def record_headers(event: SourceEvent) -> list[tuple[str, bytes]]:
+    """The headers every telemetry record carries."""
+    return [
+        ("source", event.SOURCE.value.encode()),
+        ("event_type", event.event_type.encode()),
+        ("schema_version", str(event.schema_version).encode()),
+        ("content-type", JSON),
+        ("event_id", (event.event_id or "").encode()),
+    ]
+
+
+class TelemetryProducer:
+    """Publishes tool events to their telemetry topics without blocking and without loss.
+
+    >>> with TelemetryProducer(source="ralph", settings=load_settings()) as producer:
+    ...     producer.emit({"event": "task_submitted", "task_id": "t1", "prompt": "...",
+    ...                    "timestamp": "2026-11-02T09:14:05Z"})
+
+    ``source`` is the default for `emit`; a producer may also emit for several sources.
+    ``name`` names the spool (one process per name). Invalid events are dead-lettered to
+    ``telemetry.dlq`` with the reason and logged; they never raise from `emit`.
+    """
+
+    def __init__(
+        self,
+        source: Source | str | None = None,
+        settings: Settings | None = None,
+        *,
+        name: str | None = None,
+        registry: CollectorRegistry | None = None,
+        config: Mapping[str, Any] | None = None,
+        stage: str = "sdk",
+    ) -> None:
+        from confluent_kafka import Producer
+
+        from learnstream.settings import load_settings
+
+        self.settings = settings or load_settings()
+        self.source = parse_source(str(source)) if source is not None else None
+        self.stage = stage
+        self.name = name or (f"{stage}-{self.source.value}" if self.source else stage)
+        self.metrics = ProducerMetrics.on(registry)
+        ps = self.settings.producer
+        self._timeout_s = ps.delivery_timeout_ms / 1000
+        conf = client_config(
+            self.settings,
+            **{
+                "enable.idempotence": ps.idempotence,
+                "linger.ms": ps.linger_ms,
+                "message.timeout.ms": ps.delivery_timeout_ms,
+                "compression.type": ps.compression,
+            },
+        )
+        conf.update(config or {})
+        self._producer = Producer(conf)
+        self._spool = Spool(self.settings.spool_dir / self.name, ps.spool_max_bytes)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._failed: list[tuple[SpoolRecord, bool]] = []
+        self._seq = time.time_ns()
+        self._spooling = len(self._spool) > 0
+        self._backoff = 0.0
+        self._next_resend = 0.0
+        self._resent_ok: set[int] = set()
+        self._closed = False
+        self._outstanding = 0  # records handed to librdkafka without a delivery report yet
+        self._emitted = {s: self.metrics.emitted.labels(s.value) for s in Source}
+        if self._spooling:
+            log.info(
+                "%s: %d spooled events from an earlier run are resent first",
+                self.name,
+                len(self._spool),
+            )
+        self._update_spool_gauges()
+        self._worker = threading.Thread(target=self._run, name=f"producer-{self.name}", daemon=True)
+        self._worker.start()
+
+    # --- caller side ---------------------------------------------------------------------
+
+    def emit(
+        self, event: SourceEvent | Mapping[str, Any], *, source: Source | str | None = None
+    ) -> str:
+        """Queue one event (a pydantic model or a dict) and return its event id; never blocks.
+
+        The id is the event's own ``event_id`` if it has one, else a new UUID, kept through
+        retries and the spool.
+        """
+        if self._closed:
+            raise RuntimeError("emit() on a closed TelemetryProducer")
+        if isinstance(event, SourceEvent):
+            src = event.SOURCE
+            event_id = event.event_id or str(uuid.uuid4())
+        else:
+            src = self._source_for(source)
+            event_id = event.get("event_id") or str(uuid.uuid4())
+        self._emitted[src].inc()
+        self._queue.put(_Event(event, src, str(event_id)))
+        return str(event_id)
+
+    def dead_letter(
+        self, raw: bytes | str, reason: str, *, source: Source | str | None = None, **fields: Any
+    ) -> None:
+        """Send input that could not be accepted to ``telemetry.dlq`` with the reason."""
+        raw_b = raw.encode() if isinstance(raw, str) else raw
+        src = str(source) if source is not None else (self.source.value if self.source else None)
+        self._queue.put(_Dead(raw_b, src, reason, fields))
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every queued event is delivered or durably spooled.
+
+        Returns how many are still neither (0 means all are safe).
+        """
+        marker = _Flush()
+        self._queue.put(marker)
+        if not marker.done.wait(timeout):
+            return self._queue.qsize() + self._outstanding
+        return marker.pending
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, spool whatever is still undelivered, and stop the worker."""
+        if self._closed:
+            return
+        self.flush(timeout if timeout is not None else self._timeout_s + 5)
+        self._closed = True
+        self._queue.put(_STOP)
+        self._worker.join()
+
+    def __enter__(self) -> TelemetryProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def spooled(self) -> int:
+        """Events waiting in the on-disk spool."""
+        return len(self._spool)
+
+    @property
+    def spooling(self) -> bool:
+        """True while the broker is considered unavailable."""
+        return self._spooling
+
+    def _source_for(self, source: Source | str | None) -> Source:
+        if source is not None:
+            return parse_source(str(source))
+        if self.source is None:
+            raise ValueError("emit() of a dict needs a source: TelemetryProducer(source=...)")
+        return self.source
+
+    # --- worker side ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                batch = [self._queue.get(timeout=0.05)]
+            except queue.Empty:
+                batch = []
+            while len(batch) < 2000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                try:
+                    if item is _STOP:
+                        stop = True
+                    elif isinstance(item, _Flush):
+                        self._do_flush(item)
+                    elif isinstance(item, _Event):
+                        self._handle_event(item)
+                    elif isinstance(item, _Dead):
+                        self._send(
+                            self._dlq_record(item.raw, item.source, item.reason, item.fields)
+                        )
+                except Exception:  # the worker must survive anything one record does
+                    log.exception("%s: unexpected error handling %r", self.name, item)
+            self._producer.poll(0)
+            self._settle_failures()
+            if self._spooling and not stop:
+                self._maybe_resend()
+            self._spool.sync() if batch else None
+            self._update_spool_gauges()
+        self._shutdown()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _handle_event(self, item: _Event) -> None:
+        payload = item.payload
+        try:
+            if isinstance(payload, SourceEvent):
+                event = payload
+                if event.event_id != item.event_id:
+                    event = event.model_copy(update={"event_id": item.event_id})
+            else:
+                data = dict(payload)
+                data["event_id"] = item.event_id
+                event = validate_event(item.source, data)
+        except EventError as exc:
+            raw = json.dumps(dict(payload), default=str).encode()
+            log.warning("%s: invalid %s event dead-lettered: %s", self.name, item.source, exc)
+            self._send(
+                self._dlq_record(
+                    raw,
+                    item.source.value,
+                    exc.reason,
+                    {"event_type": exc.event_type, "error_kind": exc.kind},
+                )
+            )
+            return
+        self._send(
+            SpoolRecord(
+                topic=telemetry_topic(event.SOURCE),
+                value=event.to_wire(),
+                key=event.record_key().encode(),
+                headers=record_headers(event),
+                event_id=item.event_id,
+                seq=self._next_seq(),
+                source=event.SOURCE.value,
+            )
+        )
+
+    def _dlq_record(
+        self, raw: bytes, source: str | None, reason: str, fields: dict[str, Any]
+    ) -> SpoolRecord:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        fields.setdefault("stage", self.stage)
+        letter = DeadLetter.from_bytes(raw, source=source, error=reason, **fields)
+        event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, letter.original_b64 + reason))
+        self.metrics.dead_lettered.labels(source or "unknown", str(fields["stage"])).inc()
+        return SpoolRecord(
+            topic=DLQ.name,
+            value=letter.model_dump_json().encode(),
+            key=event_id.encode(),
+            headers=[
+                ("source", (source or "").encode()),
+                ("event_type", b"dead_letter"),
+                ("schema_version", str(letter.schema_version).encode()),
+                ("content-type", JSON),
+            ],
+            event_id=event_id,
+            seq=self._next_seq(),
+            source=source or "",
+        )
+
+    def _send(self, rec: SpoolRecord) -> None:
+        if self._spooling:
+            self._to_spool(rec)
+            return
+        try:
+            self._producer.produce(
+                rec.topic,
+                value=rec.value,
+                key=rec.key,
+                headers=rec.headers,
+                on_delivery=lambda err, msg, rec=rec: self._on_delivery(rec, err),
+            )
+            self._outstanding += 1
+        except BufferError:  # local queue full: the broker is slow
+            self._failed.append((rec, False))
+            self._settle_failures()
+
+    def _on_delivery(self, rec: SpoolRecord, err: Any) -> None:
+        self._outstanding -= 1
+        if err is None:
+            self.metrics.delivered.labels(rec.source or "unknown").inc()
+            return
+        from confluent_kafka import KafkaError
+
+        code = err.code()
+        if (
+            code == KafkaError._PURGE_QUEUE
+            or err.retriable()
+            or code
+            in (
+                KafkaError._MSG_TIMED_OUT,
+                KafkaError._PURGE_INFLIGHT,
+                KafkaError._TRANSPORT,
+                KafkaError._ALL_BROKERS_DOWN,
+                KafkaError._TIMED_OUT,
+            )
+        ):
+            # Only messages purged from the local queue are known never to have been sent.
+            self._failed.append((rec, code != KafkaError._PURGE_QUEUE))
+            return
+        self.metrics.failed.labels(rec.source or "unknown", err.name()).inc()
+        log.error(
+            "%s: %s record %s rejected by the broker: %s",
+            self.name,
+            rec.topic,
+            rec.event_id,
+            err.str(),
+        )
+        if rec.topic != DLQ.name:
+            self._send(
+                self._dlq_record(
+                    rec.value,
+                    rec.source or None,
+                    f"rejected by the broker: {err.str()}",
+                    {"topic": rec.topic, "error_kind": "rejected"},
+                )
+            )
+
+    def _settle_failures(self) -> None:
+        """On the first failure, switch to spooling and spool every failure in emit order."""
+        if not self._failed:
+            return
+        if not self._spooling:
+            self._spooling = True
+            log.warning(
+                "%s: broker unavailable or slow; spooling to %s", self.name, self._spool.directory
+            )
+            self._producer.purge(in_queue=True, in_flight=False)
+            self._producer.flush(self._timeout_s + 1)  # await in-flight results
+            self._next_resend = time.monotonic() + 1.0
+            self._backoff = 1.0
+        failed, self._failed = self._failed, []
+        for rec, maybe_sent in sorted(failed, key=lambda f: f[0].seq):
+            if maybe_sent:
+                self.metrics.possibly_duplicated.labels(rec.source or "unknown").inc()
+            self._to_spool(rec)
+
+    def _to_spool(self, rec: SpoolRecord) -> None:
+        if self._spool.append(rec):
+            self.metrics.spooled.labels(rec.source or "unknown").inc()
+            return
+        self.metrics.spool_rejected.labels(rec.source or "unknown").inc()
+        log.error(
+            "%s: spool full (%d bytes, LEARNSTREAM_PRODUCER__SPOOL_MAX_BYTES); keeping the "
+            "oldest events, event %s to %s was NOT kept",
+            self.name,
+            self._spool.max_bytes,
+            rec.event_id,
+            rec.topic,
+        )
+
+    def _maybe_resend(self) -> None:
+        now = time.monotonic()
+        if now < self._next_resend:
+            return
+        # After a failure, probe with one record so a dead broker costs one timeout.
+        entries = self._spool.peek(1 if self._backoff > 1.0 else _RESEND_BATCH)
+        if not entries:
+            self._spooling = False
+            return
+        results: dict[int, Any] = {}
+        sent = 0
+        for _, rec in entries:
+            if rec.seq in self._resent_ok:
+                continue
+            self._producer.produce(
+                rec.topic,
+                value=rec.value,
+                key=rec.key,
+                headers=rec.headers,
+                on_delivery=lambda err, msg, seq=rec.seq: results.__setitem__(seq, err),
+            )
+            sent += 1
+        self._producer.flush(self._timeout_s + 1)
+        done_offset, done = 0, 0
+        prefix = True
+        for offset, rec in entries:
+            ok = rec.seq in self._resent_ok or (rec.seq in results and results[rec.seq] is None)
+            if ok and rec.seq in results:
+                self.metrics.delivered.labels(rec.source or "unknown").inc()
+            if ok and prefix:
+                done_offset, done = offset, done + 1
+                self._resent_ok.discard(rec.seq)
+            elif ok:
+                self._resent_ok.add(rec.seq)
+            else:
+                prefix = False
+        if done:
+            self._spool.advance(done_offset, done)
+        if prefix:
+            self._backoff = 1.0
+            self._next_resend = 0.0
+            if len(self._spool) == 0:
+                self._spooling = False
+                log.info("%s: broker available again; spool drained", self.name)
+        else:
+            self._backoff = min(max(self._backoff * 2, 2.0), _MAX_BACKOFF_S)
+            self._next_resend = time.monotonic() + self._backoff
+            log.info(
+                "%s: resend failed; %d events spooled, next try in %.0fs",
+                self.name,
+                len(self._spool),
+                self._backoff,
+            )
+
+    def _do_flush(self, marker: _Flush) -> None:
+        self._producer.flush(self._timeout_s + 1)
+        self._settle_failures()
+        self._spool.sync()
+        marker.pending = self._outstanding
+        marker.done.set()
+
+    def _shutdown(self) -> None:
+        if len(self._producer):
+            self._producer.purge(in_queue=True, in_flight=True)
+            self._producer.poll(0)
+            self._settle_failures()
+        self._spool.sync()
+        self._update_spool_gauges()
+        self._spool.close()
+
+    def _update_spool_gauges(self) -> None:
+        self.metrics.spool_bytes.labels(self.name).set(self._spool.unsent_bytes)
+        self.metrics.spool_records.labels(self.name).set(len(self._spool))

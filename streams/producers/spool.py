@@ -1,0 +1,184 @@
+"""A bounded, append-only on-disk queue of records that survives restarts.
+
+Records are JSON lines (key and value base64) in ``spool.log``; ``spool.pos`` holds the byte
+offset of the first unsent record, replaced atomically. A torn last line from a crash is cut
+off on open. When everything is sent the files are reset. One process per spool directory
+(enforced with an exclusive lock).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+class SpoolLockedError(RuntimeError):
+    """Another process is using this spool directory."""
+
+
+@dataclass
+class SpoolRecord:
+    """One Kafka record waiting to be (re)sent."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    event_id: str
+    seq: int
+    source: str = ""
+    size: int = field(default=0, compare=False)
+
+    def encode(self) -> bytes:
+        """The record as one JSON line."""
+        return (
+            json.dumps(
+                {
+                    "t": self.topic,
+                    "v": base64.b64encode(self.value).decode(),
+                    "k": None if self.key is None else base64.b64encode(self.key).decode(),
+                    "h": [[k, base64.b64encode(v).decode()] for k, v in self.headers],
+                    "id": self.event_id,
+                    "seq": self.seq,
+                    "src": self.source,
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
+
+    @classmethod
+    def decode(cls, line: bytes) -> SpoolRecord:
+        """Parse one JSON line written by `encode`."""
+        d = json.loads(line)
+        return cls(
+            topic=d["t"],
+            value=base64.b64decode(d["v"]),
+            key=None if d["k"] is None else base64.b64decode(d["k"]),
+            headers=[(k, base64.b64decode(v)) for k, v in d["h"]],
+            event_id=d["id"],
+            seq=d["seq"],
+            source=d.get("src", ""),
+            size=len(line),
+        )
+
+
+class Spool:
+    """Bounded FIFO of `SpoolRecord` on disk; not thread-safe (one owner thread)."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(directory / "spool.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise SpoolLockedError(
+                f"spool {directory} is in use by another process; give each producer its own "
+                "spool name"
+            ) from None
+        self._log_path = directory / "spool.log"
+        self._pos_path = directory / "spool.pos"
+        self._pos = self._read_pos()
+        self._end = self._repair_tail()
+        self._count = self._count_unsent()
+        self._log: IO[bytes] = open(self._log_path, "ab")  # noqa: SIM115
+        self._dirty = False
+
+    def _read_pos(self) -> int:
+        try:
+            return int(self._pos_path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _repair_tail(self) -> int:
+        """Cut a torn last line (crash mid-append); returns the end offset."""
+        if not self._log_path.exists():
+            self._log_path.touch()
+            return 0
+        data = self._log_path.read_bytes()
+        good = data.rfind(b"\n") + 1
+        if good != len(data):
+            with open(self._log_path, "r+b") as f:
+                f.truncate(good)
+        self._pos = min(self._pos, good)
+        return good
+
+    def _count_unsent(self) -> int:
+        with open(self._log_path, "rb") as f:
+            f.seek(self._pos)
+            return sum(1 for _ in f)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes of records not yet sent."""
+        return self._end - self._pos
+
+    def append(self, record: SpoolRecord) -> bool:
+        """Append one record; False (and nothing written) when the spool is full."""
+        line = record.encode()
+        if self.unsent_bytes + len(line) > self.max_bytes:
+            return False
+        self._log.write(line)
+        self._end += len(line)
+        self._count += 1
+        self._dirty = True
+        return True
+
+    def sync(self) -> None:
+        """Make appended records durable."""
+        if self._dirty:
+            self._log.flush()
+            os.fsync(self._log.fileno())
+            self._dirty = False
+
+    def peek(self, max_records: int) -> list[tuple[int, SpoolRecord]]:
+        """Up to ``max_records`` unsent records, oldest first, each with its end offset."""
+        self._log.flush()
+        out: list[tuple[int, SpoolRecord]] = []
+        with open(self._log_path, "rb") as f:
+            f.seek(self._pos)
+            offset = self._pos
+            for line in f:
+                if len(out) >= max_records or offset >= self._end:
+                    break
+                offset += len(line)
+                out.append((offset, SpoolRecord.decode(line)))
+        return out
+
+    def advance(self, offset: int, count: int) -> None:
+        """Mark records up to byte ``offset`` as sent (``count`` of them); reset when empty."""
+        self._pos = offset
+        self._count -= count
+        if self._pos >= self._end:
+            self._reset()
+            return
+        tmp = self._pos_path.with_suffix(".tmp")
+        tmp.write_text(str(self._pos))
+        os.replace(tmp, self._pos_path)
+
+    def _reset(self) -> None:
+        self._log.close()
+        with open(self._log_path, "wb"):
+            pass
+        self._pos_path.unlink(missing_ok=True)
+        self._log = open(self._log_path, "ab")  # noqa: SIM115
+        self._pos = self._end = self._count = 0
+        self._dirty = False
+
+    def close(self) -> None:
+        """Sync and release the directory."""
+        self.sync()
+        self._log.close()
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
