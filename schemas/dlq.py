@@ -20,6 +20,7 @@ class DeadLetter(Model):
     offset: int | None = None
     source: str | None = None
     event_type: str | None = None
+    event_id: str | None = Field(default=None, description="The id it was given, if any.")
     stage: str = Field(description="Where it failed: sdk, tailer, gateway, score, ...")
     error: str = Field(min_length=1)
     error_kind: str = "invalid"

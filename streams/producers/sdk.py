@@ -16,24 +16,30 @@ downstream dedupes by ``event_id``. Events are durable once `flush` returns.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
+import pydantic_core
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from learnstream.kafka import client_config
 from learnstream.settings import Settings
 from schemas.base import Source, SourceEvent
 from schemas.dlq import DeadLetter
 from schemas.errors import EventError
+from schemas.events import EVENT_MODELS
 from schemas.parsing import parse_source, validate_event
 from schemas.topics import DLQ, telemetry_topic
 from streams.producers.metrics import ProducerMetrics
@@ -68,6 +74,27 @@ class _Flush:
 
 
 _STOP = object()
+
+
+def _record_result(results: dict[int, Any], seq: int, err: Any, msg: Any) -> None:
+    results[seq] = err
+
+
+class EventIds:
+    """UUIDv4-shaped ids from a random per-producer prefix and a counter.
+
+    ``uuid.uuid4()`` costs a syscall per call, which also hands the GIL to the worker thread
+    mid-``emit``; this costs neither. 60 random bits keep producers apart, the 60-bit counter
+    keeps one producer's ids apart.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        p, n = self._prefix, f"{next(self._counter):015x}"
+        return f"{p[:8]}-{p[8:12]}-4{p[13:16]}-a{n[:3]}-{n[3:]}"
 
 
 def record_headers(event: SourceEvent) -> list[tuple[str, bytes]]:
@@ -135,7 +162,12 @@ class TelemetryProducer:
         self._resent_ok: set[int] = set()
         self._closed = False
         self._outstanding = 0  # records handed to librdkafka without a delivery report yet
+        self._new_id = EventIds()
+        self._models = EVENT_MODELS
+        self._topics = {s: telemetry_topic(s) for s in Source}
+        self._headers: dict[tuple[Source, str, int], list[tuple[str, bytes]]] = {}
         self._emitted = {s: self.metrics.emitted.labels(s.value) for s in Source}
+        self._delivered_counts: dict[str, int] = {}
         if self._spooling:
             log.info(
                 "%s: %d spooled events from an earlier run are resent first",
@@ -160,10 +192,10 @@ class TelemetryProducer:
             raise RuntimeError("emit() on a closed TelemetryProducer")
         if isinstance(event, SourceEvent):
             src = event.SOURCE
-            event_id = event.event_id or str(uuid.uuid4())
+            event_id = event.event_id or self._new_id()
         else:
             src = self._source_for(source)
-            event_id = event.get("event_id") or str(uuid.uuid4())
+            event_id = event.get("event_id") or self._new_id()
         self._emitted[src].inc()
         self._queue.put(_Event(event, src, str(event_id)))
         return str(event_id)
@@ -256,8 +288,10 @@ class TelemetryProducer:
             self._settle_failures()
             if self._spooling and not stop:
                 self._maybe_resend()
-            self._spool.sync() if batch else None
+            if batch:
+                self._spool.sync()
             self._update_spool_gauges()
+            self._publish_counts()
         self._shutdown()
 
     def _next_seq(self) -> int:
@@ -271,10 +305,13 @@ class TelemetryProducer:
                 event = payload
                 if event.event_id != item.event_id:
                     event = event.model_copy(update={"event_id": item.event_id})
+                value = event.to_wire()
             else:
                 data = dict(payload)
                 data["event_id"] = item.event_id
-                event = validate_event(item.source, data)
+                event = self._validate(item.source, data)
+                # The tool's own event (plus its id), as sent; it has just been validated.
+                value = pydantic_core.to_json(data)
         except EventError as exc:
             raw = json.dumps(dict(payload), default=str).encode()
             log.warning("%s: invalid %s event dead-lettered: %s", self.name, item.source, exc)
@@ -283,21 +320,41 @@ class TelemetryProducer:
                     raw,
                     item.source.value,
                     exc.reason,
-                    {"event_type": exc.event_type, "error_kind": exc.kind},
+                    {
+                        "event_type": exc.event_type,
+                        "error_kind": exc.kind,
+                        "event_id": item.event_id,
+                    },
                 )
             )
             return
+        static = self._headers.get((event.SOURCE, event.event_type, event.schema_version))
+        if static is None:
+            static = self._headers.setdefault(
+                (event.SOURCE, event.event_type, event.schema_version), record_headers(event)[:-1]
+            )
         self._send(
             SpoolRecord(
-                topic=telemetry_topic(event.SOURCE),
-                value=event.to_wire(),
+                topic=self._topics[event.SOURCE],
+                value=value,
                 key=event.record_key().encode(),
-                headers=record_headers(event),
+                headers=[*static, ("event_id", item.event_id.encode())],
                 event_id=item.event_id,
                 seq=self._next_seq(),
                 source=event.SOURCE.value,
             )
         )
+
+    def _validate(self, source: Source, data: dict[str, Any]) -> SourceEvent:
+        """`validate_event` with a fast path for the common case of a valid event."""
+        event_type = data.get("event_type", data.get("event"))
+        model = self._models[source].get(event_type) if isinstance(event_type, str) else None
+        if model is not None:
+            try:
+                return model.model_validate(data)
+            except ValidationError:
+                pass  # validate_event below raises with the full, clear reason
+        return validate_event(source, data)
 
     def _dlq_record(
         self, raw: bytes, source: str | None, reason: str, fields: dict[str, Any]
@@ -327,22 +384,23 @@ class TelemetryProducer:
             self._to_spool(rec)
             return
         try:
-            self._producer.produce(
-                rec.topic,
-                value=rec.value,
-                key=rec.key,
-                headers=rec.headers,
-                on_delivery=lambda err, msg, rec=rec: self._on_delivery(rec, err),
-            )
+            self._produce(rec, partial(self._on_delivery, rec))
             self._outstanding += 1
         except BufferError:  # local queue full: the broker is slow
             self._failed.append((rec, False))
             self._settle_failures()
 
-    def _on_delivery(self, rec: SpoolRecord, err: Any) -> None:
+    def _produce(self, rec: SpoolRecord, on_delivery: Callable[[Any, Any], None]) -> None:
+        headers = cast(list[tuple[str, str | bytes | None]], rec.headers)
+        self._producer.produce(
+            rec.topic, value=rec.value, key=rec.key, headers=headers, on_delivery=on_delivery
+        )
+
+    def _on_delivery(self, rec: SpoolRecord, err: Any, msg: Any = None) -> None:
         self._outstanding -= 1
         if err is None:
-            self.metrics.delivered.labels(rec.source or "unknown").inc()
+            counts = self._delivered_counts
+            counts[rec.source] = counts.get(rec.source, 0) + 1
             return
         from confluent_kafka import KafkaError
 
@@ -427,13 +485,7 @@ class TelemetryProducer:
         for _, rec in entries:
             if rec.seq in self._resent_ok:
                 continue
-            self._producer.produce(
-                rec.topic,
-                value=rec.value,
-                key=rec.key,
-                headers=rec.headers,
-                on_delivery=lambda err, msg, seq=rec.seq: results.__setitem__(seq, err),
-            )
+            self._produce(rec, partial(_record_result, results, rec.seq))
             sent += 1
         self._producer.flush(self._timeout_s + 1)
         done_offset, done = 0, 0
@@ -471,6 +523,7 @@ class TelemetryProducer:
         self._producer.flush(self._timeout_s + 1)
         self._settle_failures()
         self._spool.sync()
+        self._publish_counts()
         marker.pending = self._outstanding
         marker.done.set()
 
@@ -481,7 +534,15 @@ class TelemetryProducer:
             self._settle_failures()
         self._spool.sync()
         self._update_spool_gauges()
+        self._publish_counts()
         self._spool.close()
+
+    def _publish_counts(self) -> None:
+        """Delivery reports are counted locally and published once per worker loop."""
+        if self._delivered_counts:
+            counts, self._delivered_counts = self._delivered_counts, {}
+            for source, n in counts.items():
+                self.metrics.delivered.labels(source or "unknown").inc(n)
 
     def _update_spool_gauges(self) -> None:
         self.metrics.spool_bytes.labels(self.name).set(self._spool.unsent_bytes)

@@ -21,7 +21,7 @@ class SpoolLockedError(RuntimeError):
     """Another process is using this spool directory."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SpoolRecord:
     """One Kafka record waiting to be (re)sent."""
 
