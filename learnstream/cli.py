@@ -225,7 +225,7 @@ def produce_send(
 
     settings = obj.settings
     obj.kafka_config()  # fail early and clearly when no broker is known
-    origin = "<stdin>" if file.name == "<stdin>" else str(file.name)
+    origin = str(getattr(file, "name", "<stdin>"))
     with TelemetryProducer(
         source, settings, name=spool_name or f"send-{source}", stage="send"
     ) as producer:
