@@ -61,7 +61,11 @@ def consume(
             if msg is None or msg.error():
                 continue
             rec = Record(
-                msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value() or b"",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.key(),
+                msg.value() or b"",
                 {k: v for k, v in (msg.headers() or [])},
             )
             if keep(rec):
