@@ -324,6 +324,50 @@ def gateway(obj: Context, host: str | None, port: int | None) -> None:
     serve_gateway(obj.settings, host=host, port=port)
 
 
+# --- stream processing ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--web-port",
+    default=6066,
+    show_envvar=True,
+    type=int,
+    help="Faust web server port (also serves /metrics); 0 picks a free one.",
+)
+@click.option(
+    "--loglevel",
+    default="info",
+    show_envvar=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@pass_ctx
+def worker(obj: Context, web_port: int, loglevel: str) -> None:
+    """Run the Faust worker: the `score` agent (and the later stages) on the telemetry topics.
+
+    Start as many as you like with the same settings: they share the partitions of one
+    consumer group (partition count is the ceiling of parallelism).
+    """
+    from streams.app import run_worker
+
+    obj.kafka_config()
+    run_worker(obj.settings, web_port=web_port, loglevel=loglevel)
+
+
+@cli.command()
+@pass_ctx
+def sink(obj: Context) -> None:
+    """Run the PostgreSQL telemetry sink: interactions.scored -> telemetry_events (upserts).
+
+    Uses LEARNSTREAM_POSTGRES__URL, or an embedded PostgreSQL under the data directory.
+    Offsets are committed only after a batch is written; PostgreSQL outages are retried.
+    """
+    from consumers.telemetry_sink import run_sink
+
+    obj.kafka_config()
+    run_sink(obj.settings)
+
+
 # --- schemas --------------------------------------------------------------------------------
 
 
