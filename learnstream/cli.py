@@ -7,6 +7,7 @@ Every option can also be set from the environment (shown in ``--help``); setting
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,10 @@ class Context:
                 self._settings = load_settings(**self._overrides)
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
+            logging.basicConfig(
+                level=self._settings.log_level,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
         return self._settings
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
@@ -426,7 +431,13 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="learnstream")
+    from learnstream.errors import ResourceBusyError
+
+    try:
+        cli(prog_name="learnstream")
+    except ResourceBusyError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ class DeadLetter(Model):
     stage: str = Field(description="Where it failed: sdk, tailer, gateway, score, ...")
     error: str = Field(min_length=1)
     error_kind: str = "invalid"
+    original_size: int | None = Field(
+        default=None, ge=0, description="Set when only the head of a huge original was kept."
+    )
     file: str | None = None
     line_number: int | None = Field(default=None, ge=1)
     failed_at: datetime = Field(default_factory=utcnow)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from learnstream.errors import ResourceBusyError
 from learnstream.settings import Settings
 from scorers.score import (
     NOVELTY_MIN_COSINE,
@@ -46,7 +47,15 @@ def qdrant_client(settings: Settings) -> QdrantClient:
         key = settings.qdrant.api_key.get_secret_value() if settings.qdrant.api_key else None
         return QdrantClient(url=settings.qdrant.url, api_key=key, timeout=30)
     settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-    return QdrantClient(path=str(settings.qdrant_path))
+    try:
+        return QdrantClient(path=str(settings.qdrant_path))
+    except RuntimeError as exc:
+        if "already accessed by another instance" not in str(exc):
+            raise
+        raise ResourceBusyError(
+            f"Qdrant folder {settings.qdrant_path} is in use by another process (local mode "
+            "allows one); stop it, or share a Qdrant server: LEARNSTREAM_QDRANT__URL"
+        ) from None
 
 
 def ensure_collections(client: QdrantClient, dimensions: int) -> None:

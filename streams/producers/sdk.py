@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import pydantic_core
+from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -49,6 +50,7 @@ log = logging.getLogger("learnstream.producer")
 
 JSON = b"application/json"
 _RESEND_BATCH = 5000
+DEAD_LETTER_MAX_BYTES = 1_048_576
 _MAX_BACKOFF_S = 30.0
 
 
@@ -148,6 +150,8 @@ class TelemetryProducer:
                 "linger.ms": ps.linger_ms,
                 "message.timeout.ms": ps.delivery_timeout_ms,
                 "compression.type": ps.compression,
+                # Room for the largest accepted event, and for its dead letter (base64).
+                "message.max.bytes": max(1_000_000, self.settings.max_event_bytes * 2 + 65_536),
             },
         )
         conf.update(config or {})
@@ -300,6 +304,7 @@ class TelemetryProducer:
 
     def _handle_event(self, item: _Event) -> None:
         payload = item.payload
+        value = b""
         try:
             if isinstance(payload, SourceEvent):
                 event = payload
@@ -312,8 +317,26 @@ class TelemetryProducer:
                 event = self._validate(item.source, data)
                 # The tool's own event (plus its id), as sent; it has just been validated.
                 value = pydantic_core.to_json(data)
+            limit = self.settings.max_event_bytes
+            if len(value) > limit:
+                raise EventError(
+                    f"event is {len(value)} bytes, over the limit of {limit} bytes "
+                    "(LEARNSTREAM_MAX_EVENT_BYTES)",
+                    source=item.source.value,
+                    event_type=event.event_type,
+                    kind="oversized",
+                )
         except EventError as exc:
-            raw = json.dumps(dict(payload), default=str).encode()
+            raw = (
+                value
+                if exc.kind == "oversized"
+                else json.dumps(
+                    dict(payload)
+                    if isinstance(payload, Mapping)
+                    else payload.model_dump(mode="json"),
+                    default=str,
+                ).encode()
+            )
             log.warning("%s: invalid %s event dead-lettered: %s", self.name, item.source, exc)
             self._send(
                 self._dlq_record(
@@ -361,6 +384,9 @@ class TelemetryProducer:
     ) -> SpoolRecord:
         fields = {k: v for k, v in fields.items() if v is not None}
         fields.setdefault("stage", self.stage)
+        if len(raw) > DEAD_LETTER_MAX_BYTES:  # keep the head; the size says what was cut
+            fields["original_size"] = len(raw)
+            raw = raw[:DEAD_LETTER_MAX_BYTES]
         letter = DeadLetter.from_bytes(raw, source=source, error=reason, **fields)
         event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, letter.original_b64 + reason))
         self.metrics.dead_lettered.labels(source or "unknown", str(fields["stage"])).inc()
@@ -389,6 +415,8 @@ class TelemetryProducer:
         except BufferError:  # local queue full: the broker is slow
             self._failed.append((rec, False))
             self._settle_failures()
+        except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
+            self._refused(rec, str(exc.args[0].str() if exc.args else exc))
 
     def _produce(self, rec: SpoolRecord, on_delivery: Callable[[Any, Any], None]) -> None:
         headers = cast(list[tuple[str, str | bytes | None]], rec.headers)
@@ -421,22 +449,22 @@ class TelemetryProducer:
             self._failed.append((rec, code != KafkaError._PURGE_QUEUE))
             return
         self.metrics.failed.labels(rec.source or "unknown", err.name()).inc()
-        log.error(
-            "%s: %s record %s rejected by the broker: %s",
-            self.name,
-            rec.topic,
-            rec.event_id,
-            err.str(),
-        )
-        if rec.topic != DLQ.name:
-            self._send(
-                self._dlq_record(
-                    rec.value,
-                    rec.source or None,
-                    f"rejected by the broker: {err.str()}",
-                    {"topic": rec.topic, "error_kind": "rejected"},
-                )
+        self._refused(rec, f"rejected by the broker: {err.str()}")
+
+    def _refused(self, rec: SpoolRecord, reason: str) -> None:
+        """A record Kafka will not take: dead-letter it (its head, if huge) and say so."""
+        log.error("%s: %s record %s refused: %s", self.name, rec.topic, rec.event_id, reason)
+        if rec.topic == DLQ.name:
+            self.metrics.failed.labels(rec.source or "unknown", "dead_letter_refused").inc()
+            return
+        self._send(
+            self._dlq_record(
+                rec.value,
+                rec.source or None,
+                reason,
+                {"topic": rec.topic, "error_kind": "rejected", "event_id": rec.event_id},
             )
+        )
 
     def _settle_failures(self) -> None:
         """On the first failure, switch to spooling and spool every failure in emit order."""

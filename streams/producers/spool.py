@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from learnstream.errors import ResourceBusyError
 
-class SpoolLockedError(RuntimeError):
+
+class SpoolLockedError(ResourceBusyError):
     """Another process is using this spool directory."""
 
 

@@ -263,3 +263,34 @@ def test_sdk_imports_without_the_ml_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_oversized_event_is_dead_lettered_with_its_size(
+    dev_broker: DevBrokerProcess, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        max_event_bytes=4096,
+        kafka={"bootstrap_servers": dev_broker.bootstrap_servers},
+    )
+    big = event("aidb", "completion", response="x" * 10_000)
+    with TelemetryProducer("aidb", settings, registry=CollectorRegistry()) as producer:
+        event_id = producer.emit(big)
+        ok_id = producer.emit(event("aidb", "completion", response="fine"))
+        assert producer.flush(15) == 0
+    got = consume(
+        dev_broker.bootstrap_servers,
+        ["telemetry.dlq", "telemetry.aidb"],
+        keep=lambda r: (
+            event_id in r.value.decode(errors="replace")
+            or r.key == ok_id.encode()
+            or r.headers.get("event_id") == ok_id.encode()
+        ),
+        until=lambda kept: len(kept) >= 2,
+    )
+    letters = [r.json() for r in got if r.topic == "telemetry.dlq"]
+    assert len(letters) == 1
+    assert letters[0]["error_kind"] == "oversized"
+    assert "over the limit of 4096 bytes" in letters[0]["error"]
+    assert json.loads(base64.b64decode(letters[0]["original_b64"]))["response"] == "x" * 10_000
+    assert [r.topic for r in got if r.topic == "telemetry.aidb"] == ["telemetry.aidb"]
