@@ -13,7 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from extractors.config import ExtractSettings
 from schemas.interaction import ScoreWeights
+from trainers.config import TrainingSettings
 
 ENV_PREFIX = "LEARNSTREAM_"
 ENV_NESTED = "__"
@@ -134,6 +136,16 @@ class ProducerSettings(Group):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
 
 
+class WorkerSettings(Group):
+    """The Faust worker."""
+
+    app_id: str = Field(
+        default="learnstream",
+        min_length=1,
+        description="Faust app id = consumer group; workers with the same id share partitions.",
+    )
+
+
 class GatewaySettings(Group):
     """The HTTP ingest gateway."""
 
@@ -166,6 +178,9 @@ class Settings(BaseSettings):
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @field_validator("data_dir")
     @classmethod

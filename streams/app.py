@@ -27,8 +27,6 @@ from scorers.vectors import VectorLookups, ensure_collections, qdrant_client
 
 log = logging.getLogger("learnstream.worker")
 
-APP_ID = "learnstream"
-
 
 @dataclass
 class StreamContext:
@@ -110,7 +108,7 @@ def create_app(
     if web_port == 0:  # Faust wants a real port number
         web_port = free_port()
     app = faust.App(
-        APP_ID,
+        settings.worker.app_id,
         broker=broker_urls(settings),
         broker_credentials=broker_credentials(settings),
         topic_allow_declare=not dev,
@@ -129,7 +127,9 @@ def create_app(
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(ctx.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp wants the charset apart from the media type.
+        media_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return web.bytes(generate_latest(ctx.registry), content_type=media_type)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

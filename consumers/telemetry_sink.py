@@ -1,0 +1,906 @@
+"""The PostgreSQL telemetry sink: ``interactions.scored`` -> ``telemetry_events``, by upsert.
+
+A plain confluent-kafka consumer (group ``learnstream-sink``, manual commits) reads
+`ScoredInteraction` records in batches of up to 500 and, per batch:
+
+1. validates every value; an invalid one becomes a `DeadLetter` (stage ``sink``) for
+   ``telemetry.dlq``, with its original bytes, so nothing read is ever dropped;
+2. upserts the valid rows in one transaction, one statement: the batch travels as one JSON
+   array parameter expanded by ``jsonb_to_recordset`` into ``INSERT ... ON CONFLICT (event_id)
+   DO UPDATE`` (no temp tables, so it also works behind a transaction-pooling PgBouncer). The
+   batch is first deduplicated by event id, and an update never replaces a later scoring with
+   an earlier one (``WHERE scored_at <= EXCLUDED.scored_at``), so replays and at-least-once
+   delivery never duplicate or regress a row;
+3. if PostgreSQL refuses the batch for its data (a ``DataError``/``IntegrityError``, e.g. a NUL
+   character), the rows are retried one by one, each in a savepoint, and only the refused ones
+   are dead-lettered (error kind ``rejected``);
+4. sends the batch's dead letters and waits for the broker to acknowledge them;
+5. only then commits the batch's offsets, synchronously.
+
+PostgreSQL unavailable (any other database error: connection refused or lost, server shutting
+down, a missing table...): the same batch is retried with capped exponential backoff, each try
+on a fresh connection (which re-applies pending migrations, cheaply), logging each failure;
+nothing further is consumed and no offset is committed meanwhile. The consumer does not lose its
+partitions during a long outage: its assigned partitions are *paused* and the wait between tries
+is spent in ``consumer.poll()``, which returns no records for paused partitions but counts as
+polling for ``max.poll.interval.ms`` and serves rebalance callbacks. Once the batch is written
+the partitions are resumed and fetching continues right after the batch. (Simply sleeping would
+get the consumer evicted after ``max.poll.interval.ms``; consuming without pausing would pile up
+records in memory.) Broker problems while dead-lettering or committing are retried the same way.
+
+Rebalances: a batch is normally written and committed before the next ``consume()``, so at a
+revocation nothing is in flight. During an outage wait a revocation may arrive with a batch in
+hand: the sink tries once more to write and commit it; if that fails too, it forgets the revoked
+partitions' records (their offsets were not committed, so the new owner reads them again; the
+upsert makes that harmless). Lost partitions are forgotten without committing. A failed commit
+after a successful write is logged and not fatal, for the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from schemas.dlq import DeadLetter
+from schemas.interaction import ScoredInteraction
+from schemas.topics import DLQ, INTERACTIONS_SCORED
+
+if TYPE_CHECKING:
+    import psycopg
+    from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+    from learnstream.settings import Settings
+
+log = logging.getLogger("learnstream.sink")
+
+STAGE = "sink"
+DEFAULT_GROUP = "learnstream-sink"
+DEFAULT_BATCH_SIZE = 500
+DLQ_KEEP_BYTES = 512 * 1024  # base64 of this stays under the default 1 MB message size
+
+# (column, PostgreSQL type) of every column the sink writes, in table order. The table itself
+# is created by consumers/migrations/; ingested_at and updated_at are filled by the database.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "text"),
+    ("source", "text"),
+    ("event_type", "text"),
+    ("event_time", "timestamptz"),
+    ("record_key", "text"),
+    ("scorable", "boolean"),
+    ("outcome", "text"),
+    ("payload", "jsonb"),
+    ("interaction", "jsonb"),
+    ("score", "double precision"),
+    ("factors", "jsonb"),
+    ("weights", "jsonb"),
+    ("inputs", "jsonb"),
+    ("threshold", "double precision"),
+    ("high_value", "boolean"),
+    ("scorer_version", "text"),
+    ("scored_at", "timestamptz"),
+    ("schema_version", "integer"),
+    ("kafka_topic", "text"),
+    ("kafka_partition", "integer"),
+    ("kafka_offset", "bigint"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
+
+_names = ", ".join(COLUMN_NAMES)
+UPSERT_SQL = (
+    f"INSERT INTO telemetry_events AS t ({_names})\n"
+    f"SELECT {_names}\n"
+    "FROM jsonb_to_recordset(%s::jsonb) AS r("
+    + ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+    + ")\n"
+    "ON CONFLICT (event_id) DO UPDATE SET "
+    + ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMN_NAMES if name != "event_id")
+    + ", updated_at = now()\n"
+    "WHERE t.scored_at <= EXCLUDED.scored_at"
+)
+
+SinkRow = dict[str, Any]
+
+
+# --- pure functions: records to rows ----------------------------------------------------------
+
+
+def row_from_scored(
+    scored: ScoredInteraction, *, topic: str, partition: int, offset: int
+) -> SinkRow:
+    """The ``telemetry_events`` row for one scored interaction read at (topic, partition, offset).
+
+    JSON columns hold plain JSON values (dicts, lists); the factor and weight objects leave out
+    their ``schema_version``. Lifecycle events (no score) get NULL score, factors and weights.
+    """
+    data = scored.model_dump(mode="json")
+    interaction = data["interaction"]
+    payload = interaction.pop("payload")
+    for part in ("factors", "weights"):
+        if data[part] is not None:
+            data[part].pop("schema_version", None)
+    return {
+        "event_id": interaction["event_id"],
+        "source": interaction["source"],
+        "event_type": interaction["event_type"],
+        "event_time": scored.interaction.timestamp,
+        "record_key": interaction["key"],
+        "scorable": interaction["scorable"],
+        "outcome": interaction["outcome"],
+        "payload": payload,
+        "interaction": interaction,
+        "score": scored.score,
+        "factors": data["factors"],
+        "weights": data["weights"],
+        "inputs": data["inputs"],
+        "threshold": scored.threshold,
+        "high_value": scored.high_value,
+        "scorer_version": scored.scorer_version,
+        "scored_at": scored.scored_at,
+        "schema_version": scored.schema_version,
+        "kafka_topic": topic,
+        "kafka_partition": partition,
+        "kafka_offset": offset,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def row_json(row: SinkRow) -> str:
+    """One row as a JSON object (timestamps ISO 8601); ValueError for NaN or infinity."""
+    return json.dumps(
+        row, default=_json_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def dedupe_rows(rows: Iterable[SinkRow]) -> list[SinkRow]:
+    """One row per event id: the latest scoring, and of equal ones the last read; input order."""
+    best: dict[str, SinkRow] = {}
+    for row in rows:
+        old = best.get(row["event_id"])
+        if old is None or (row["scored_at"], row["kafka_offset"]) >= (
+            old["scored_at"],
+            old["kafka_offset"],
+        ):
+            best[row["event_id"]] = row
+    return list(best.values())
+
+
+@dataclass
+class Item:
+    """One consumed record of a batch: its row to write, or its dead letter."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None = None
+    row: SinkRow | None = None
+    row_json: str | None = None
+    letter: DeadLetter | None = None
+
+
+def parse_record(
+    value: bytes | None, key: bytes | None, *, topic: str, partition: int, offset: int
+) -> Item:
+    """Validate one ``interactions.scored`` record: an `Item` with a row or a dead letter."""
+    item = Item(topic, partition, offset, key, value)
+    where = {"topic": topic, "partition": partition, "offset": offset}
+    if value is None:
+        item.letter = dead_letter(None, key=key, error="empty record value", **where)
+        return item
+    try:
+        scored = ScoredInteraction.model_validate_json(value)
+        row = row_from_scored(scored, topic=topic, partition=partition, offset=offset)
+        item.row_json = row_json(row)
+        item.row = row
+    except (ValidationError, ValueError) as exc:
+        item.letter = dead_letter(
+            value, key=key, error=f"not a valid ScoredInteraction: {exc}", **where
+        )
+    return item
+
+
+def dead_letter(value: bytes | None, *, key: bytes | None, error: str, **fields: Any) -> DeadLetter:
+    """A stage-``sink`` dead letter keeping the whole value, or its first `DLQ_KEEP_BYTES`.
+
+    Base64 makes a dead letter a third larger than its value, so a record near the broker's
+    message size limit would otherwise never fit into ``telemetry.dlq`` (and block the sink).
+    """
+    raw = value or b""
+    if len(raw) > DLQ_KEEP_BYTES:
+        error += f" (this dead letter keeps the first {DLQ_KEEP_BYTES} of {len(raw)} bytes)"
+        raw = raw[:DLQ_KEEP_BYTES]
+    return DeadLetter.from_bytes(raw, key=key, error=error, stage=STAGE, **fields)
+
+
+def commit_positions(items: Iterable[Item]) -> dict[tuple[str, int], int]:
+    """The offsets to commit after ``items``: per (topic, partition), the last offset + 1."""
+    positions: dict[tuple[str, int], int] = {}
+    for item in items:
+        tp = (item.topic, item.partition)
+        positions[tp] = max(positions.get(tp, -1), item.offset + 1)
+    return positions
+
+
+def batch_document(rows: Sequence[SinkRow | str]) -> str:
+    """The JSON array parameter of `UPSERT_SQL` (rows given as dicts or as `row_json` text)."""
+    return "[" + ",".join(r if isinstance(r, str) else row_json(r) for r in rows) + "]"
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+_metrics_lock = threading.Lock()
+_metrics_by_registry: dict[int, SinkMetrics] = {}
+
+
+@dataclass(frozen=True)
+class SinkMetrics:
+    """The sink's Prometheus metrics on one registry."""
+
+    registry: CollectorRegistry
+    rows_written: Counter
+    batches: Counter
+    batch_seconds: Histogram
+    db_errors: Counter
+    invalid: Counter
+    commit_errors: Counter
+    db_up: Gauge
+    lag: Gauge
+    rebalances: Counter
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> SinkMetrics:
+        """The metrics on ``registry``, registered there on first use."""
+        with _metrics_lock:
+            existing = _metrics_by_registry.get(id(registry))
+            if existing is None or existing.registry is not registry:
+                existing = cls._create(registry)
+                _metrics_by_registry[id(registry)] = existing
+            return existing
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> SinkMetrics:
+        p = "learnstream_sink_"
+        return cls(
+            registry=registry,
+            rows_written=Counter(
+                p + "rows_written",
+                "Rows inserted or updated in telemetry_events",
+                registry=registry,
+            ),
+            batches=Counter(p + "batches", "Batches written and committed", registry=registry),
+            batch_seconds=Histogram(
+                p + "batch_seconds",
+                "Seconds from a batch's arrival to its offset commit (retries included)",
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+                registry=registry,
+            ),
+            db_errors=Counter(
+                p + "db_errors",
+                "Failed attempts to reach or write to PostgreSQL (each is retried)",
+                registry=registry,
+            ),
+            invalid=Counter(
+                p + "invalid",
+                "Records sent to telemetry.dlq: invalid (not a ScoredInteraction) or rejected "
+                "(refused by PostgreSQL)",
+                ["reason"],
+                registry=registry,
+            ),
+            commit_errors=Counter(
+                p + "commit_errors",
+                "Offset commits that failed after the batch was written (re-read, no duplicate)",
+                registry=registry,
+            ),
+            db_up=Gauge(
+                p + "db_up", "1 when the last PostgreSQL write succeeded, else 0", registry=registry
+            ),
+            rebalances=Counter(
+                p + "rebalances",
+                "Partition assignments, revocations and losses seen by the sink",
+                ["kind"],
+                registry=registry,
+            ),
+            lag=Gauge(
+                p + "lag",
+                "Records behind the end of the assigned partitions (sum), as of the last batch",
+                registry=registry,
+            ),
+        )
+
+
+# --- the sink --------------------------------------------------------------------------------
+
+
+class RetryableError(Exception):
+    """A failure of PostgreSQL (``kind`` "db") or the broker ("kafka") worth retrying for."""
+
+    def __init__(self, message: str, kind: str = "db") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Batch:
+    """A consumed batch that is not committed yet, and how far it got."""
+
+    items: list[Item]
+    started: float = field(default_factory=time.monotonic)
+    written: bool = False
+    letters_sent: bool = False
+
+    def drop_partitions(self, partitions: set[tuple[str, int]]) -> int:
+        """Forget the records of ``partitions``; how many were dropped."""
+        keep = [i for i in self.items if (i.topic, i.partition) not in partitions]
+        dropped = len(self.items) - len(keep)
+        self.items = keep
+        return dropped
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError)
+
+
+class TelemetrySink:
+    """Consumes ``interactions.scored`` and upserts it into PostgreSQL (see the module docs).
+
+    Call `run` (blocks until ``stop`` is set) or, step by step, `start` then `run_once`, and
+    `close` at the end. ``consumer_config`` adds or overrides librdkafka consumer properties.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        postgres_url: str | None = None,
+        group_id: str = DEFAULT_GROUP,
+        topic: str = INTERACTIONS_SCORED.name,
+        dlq_topic: str = DLQ.name,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        poll_timeout: float = 1.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        registry: CollectorRegistry | None = None,
+        consumer_config: dict[str, Any] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        from learnstream.postgres import postgres_url as configured_url
+
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.settings = settings
+        self.url = postgres_url or configured_url(settings)
+        self.group_id = group_id
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.metrics = SinkMetrics.on(registry or CollectorRegistry())
+        self.stop = stop or threading.Event()
+        self._consumer_config = consumer_config or {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._inflight: Batch | None = None
+        self._held: list[Message] = []  # records that arrived while paused (kept for next batch)
+        self._paused = False
+        self._lag_checked = 0.0
+
+    # -- lifecycle --
+
+    @property
+    def consumer(self) -> Consumer:
+        """The Kafka consumer (created on first use)."""
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            from learnstream.kafka import client_config
+
+            conf = client_config(
+                self.settings,
+                **{
+                    "group.id": self.group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    **self._consumer_config,
+                },
+            )
+            self._consumer = Consumer(conf, logger=log)
+        return self._consumer
+
+    def start(self) -> bool:
+        """Connect to PostgreSQL (applying migrations; retried until it works) and subscribe.
+
+        Returns False when ``stop`` was set before PostgreSQL could be reached.
+        """
+        if not self._retry(self._connection, "connect to PostgreSQL", heartbeat=False):
+            return False
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("sink subscribed to %s as group %s", self.topic, self.group_id)
+        return True
+
+    def run(self) -> None:
+        """Start, then consume and write batches until ``stop`` is set; then close."""
+        try:
+            if not self.start():
+                return
+            while not self.stop.is_set():
+                self.run_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Leave the group, flush the dead-letter producer, close the database connection."""
+        if self._inflight is not None and self._inflight.items:
+            log.warning(
+                "stopping with %d records not committed; they will be read again",
+                len(self._inflight.items),
+            )
+        self._inflight = None  # stopping: the final revoke must not retry the write
+        if self._consumer is not None:
+            with contextlib.suppress(RuntimeError):  # already closed
+                self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+        self._drop_connection()
+
+    def __enter__(self) -> TelemetrySink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one batch --
+
+    def run_once(self) -> int:
+        """Consume one batch and write, dead-letter and commit it (retrying while needed).
+
+        Returns the number of records committed (0 when nothing came, or ``stop`` was set
+        before the batch could be written; that batch is then read again by the next run).
+        """
+        messages = self._held
+        self._held = []
+        want = self.batch_size - len(messages)
+        if want > 0:
+            messages = messages + self.consumer.consume(
+                num_messages=want, timeout=self.poll_timeout
+            )
+        items = self._items(messages)
+        batch = Batch(items)
+        if items:
+            self._inflight = batch
+            if not self._retry(self._flush_inflight, "write batch", heartbeat=True):
+                return 0
+        self._update_lag()
+        return len(batch.items)  # less any records handed back at a revocation
+
+    def _items(self, messages: Iterable[Message]) -> list[Item]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        items = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err.str())
+                continue
+            items.append(
+                parse_record(
+                    msg.value(),
+                    msg.key(),
+                    topic=str(msg.topic()),
+                    partition=int(msg.partition() or 0),
+                    offset=int(msg.offset() or 0),
+                )
+            )
+        return items
+
+    def _flush_inflight(self) -> None:
+        """Write, dead-letter and commit the in-flight batch; raise RetryableError to retry."""
+        batch = self._inflight
+        if batch is None:
+            return
+        if not batch.items:  # every record went back to the group with a revocation
+            self._inflight = None
+            return
+        if not batch.written:
+            valid = [i for i in batch.items if i.row is not None and i.row_json is not None]
+            text = {id(i.row): i.row_json for i in valid}
+            rows = dedupe_rows(i.row for i in valid if i.row is not None)
+            if rows:
+                rejected = self._write([(row, text[id(row)] or "") for row in rows])
+                by_id = {row["event_id"]: exc for row, exc in rejected}
+                for item in batch.items:
+                    if item.row is not None and item.row["event_id"] in by_id:
+                        item.letter = dead_letter(
+                            item.value,
+                            key=item.key,
+                            topic=item.topic,
+                            partition=item.partition,
+                            offset=item.offset,
+                            source=item.row["source"],
+                            event_type=item.row["event_type"],
+                            event_id=item.row["event_id"],
+                            error=f"refused by PostgreSQL: {by_id[item.row['event_id']]}",
+                            error_kind="rejected",
+                        )
+            batch.written = True
+        if not batch.letters_sent:
+            self._send_letters([i for i in batch.items if i.letter is not None])
+            batch.letters_sent = True
+        self._commit(batch.items)
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.monotonic() - batch.started)
+        self._inflight = None
+
+    # -- PostgreSQL --
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The open connection, or a new one (pending migrations applied)."""
+        import psycopg
+
+        from consumers.migrate import migrate
+        from learnstream.postgres import connect
+
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = connect(self.url, application_name="learnstream-sink")
+        except psycopg.Error as exc:
+            raise RetryableError(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            migrate(conn)
+        except Exception as exc:
+            conn.close()
+            raise RetryableError(f"cannot apply migrations: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail
+                self._conn.close()
+            self._conn = None
+
+    def _write(self, rows: list[tuple[SinkRow, str]]) -> list[tuple[SinkRow, Exception]]:
+        """Upsert ``rows`` (each with its `row_json`) in one transaction.
+
+        Returns the rows PostgreSQL refused for their data (the others are written); raises
+        RetryableError for every other database failure (nothing is written then).
+        """
+        import psycopg
+
+        conn = self._connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(UPSERT_SQL, (batch_document([text for _, text in rows]),))
+                written = max(cur.rowcount, 0)
+            self.metrics.rows_written.inc(written)
+            self.metrics.db_up.set(1)
+            return []
+        except psycopg.Error as exc:
+            if not _is_data_error(exc):
+                self._drop_connection()
+                raise RetryableError(f"PostgreSQL write failed: {exc}") from exc
+            log.warning("PostgreSQL refused the batch (%s); writing its rows one by one", exc)
+        return self._write_one_by_one(conn, rows)
+
+    def _write_one_by_one(
+        self, conn: psycopg.Connection[Any], rows: list[tuple[SinkRow, str]]
+    ) -> list[tuple[SinkRow, Exception]]:
+        import psycopg
+
+        rejected: list[tuple[SinkRow, Exception]] = []
+        written = 0
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                for row, text in rows:
+                    try:
+                        with conn.transaction():  # a savepoint per row
+                            cur.execute(UPSERT_SQL, (batch_document([text]),))
+                            written += max(cur.rowcount, 0)
+                    except psycopg.Error as exc:
+                        if not _is_data_error(exc):
+                            raise
+                        rejected.append((row, exc))
+        except psycopg.Error as exc:
+            self._drop_connection()
+            raise RetryableError(f"PostgreSQL write failed: {exc}") from exc
+        self.metrics.rows_written.inc(written)
+        self.metrics.db_up.set(1)
+        for row, error in rejected:
+            log.error("PostgreSQL refused event %s: %s (dead-lettered)", row["event_id"], error)
+        return rejected
+
+    # -- Kafka --
+
+    def _dlq_producer(self) -> Producer:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            from learnstream.kafka import client_config
+
+            self._producer = Producer(
+                client_config(
+                    self.settings,
+                    **{
+                        "enable.idempotence": self.settings.producer.idempotence,
+                        "acks": "all",
+                        "linger.ms": 5,
+                    },
+                ),
+                logger=log,
+            )
+        return self._producer
+
+    def _send_letters(self, items: list[Item]) -> None:
+        """Produce the dead letters and wait until the broker has every one."""
+        if not items:
+            return
+        producer = self._dlq_producer()
+        failures: list[str] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        for item in items:
+            assert item.letter is not None
+            letter = item.letter
+            key = item.key or str(uuid.uuid5(uuid.NAMESPACE_URL, letter.original_b64)).encode()
+            try:
+                producer.produce(
+                    self.dlq_topic,
+                    value=letter.model_dump_json().encode(),
+                    key=key,
+                    headers=[
+                        ("source", (letter.source or "").encode()),
+                        ("event_type", b"dead_letter"),
+                        ("schema_version", str(letter.schema_version).encode()),
+                        ("content-type", b"application/json"),
+                    ],
+                    on_delivery=on_delivery,
+                )
+            except BufferError as exc:
+                producer.flush(5)
+                raise RetryableError(f"dead-letter queue full: {exc}", "kafka") from exc
+        pending = producer.flush(30)
+        if pending or failures:
+            raise RetryableError(
+                f"dead letters not delivered ({pending} pending, {len(failures)} failed: "
+                f"{'; '.join(failures[:3])})",
+                "kafka",
+            )
+        for item in items:
+            assert item.letter is not None
+            self.metrics.invalid.labels(item.letter.error_kind).inc()
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s",
+                item.topic,
+                item.partition,
+                item.offset,
+                item.letter.error[:300],
+            )
+
+    def _commit(self, items: list[Item]) -> None:
+        """Commit the offsets after ``items`` synchronously; only broker hiccups raise."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        positions = commit_positions(items)
+        if not positions:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            result = self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and hasattr(err, "retriable") and err.retriable():
+                raise RetryableError(f"offset commit failed: {err}", "kafka") from exc
+            self.metrics.commit_errors.inc()
+            log.warning("offset commit failed (%s); the batch will be read again", exc)
+            return
+        for tp in result or []:
+            if tp.error is not None:
+                self.metrics.commit_errors.inc()
+                log.warning("offset commit for %s[%d] failed: %s", tp.topic, tp.partition, tp.error)
+
+    def _pause(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        self._paused = True
+
+    def _resume(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.resume(assignment)
+        self._paused = False
+
+    def _wait(self, seconds: float) -> bool:
+        """Keep the group membership alive for ``seconds`` with partitions paused.
+
+        False when ``stop`` was set meanwhile.
+        """
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            self._pause()  # partitions assigned meanwhile start paused too
+            msg = self.consumer.poll(min(remaining, 0.5))
+            if msg is not None and msg.error() is None:
+                self._held.append(msg)  # not expected while paused; kept for the next batch
+        return False
+
+    def _retry(self, action: Callable[[], object], what: str, *, heartbeat: bool) -> bool:
+        """Run ``action`` until it stops raising RetryableError, backing off between tries.
+
+        With ``heartbeat`` the waits keep the consumer in its group (paused partitions).
+        False when ``stop`` was set first.
+        """
+        delay = self.backoff_initial
+        failures = 0
+        try:
+            while True:
+                try:
+                    action()
+                    if failures:
+                        log.info("%s: succeeded after %d failed attempts", what, failures)
+                    return True
+                except RetryableError as exc:
+                    failures += 1
+                    if exc.kind == "db":
+                        self.metrics.db_errors.inc()
+                        self.metrics.db_up.set(0)
+                    log.warning(
+                        "%s failed (attempt %d): %s; retrying in %.1fs", what, failures, exc, delay
+                    )
+                    waited = self._wait(delay) if heartbeat else not self.stop.wait(delay)
+                    if not waited:
+                        return False
+                    delay = min(delay * 2, self.backoff_max)
+        finally:
+            if self._paused:
+                self._resume()
+
+    # -- rebalance callbacks (run inside consume/poll) --
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("assign").inc()
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("revoke").inc()
+        log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        batch = self._inflight
+        if batch is None or not batch.items:
+            return
+        try:
+            self._flush_inflight()  # one more try while the partitions are still ours
+            log.info("in-flight batch written and committed before the revocation")
+        except RetryableError as exc:
+            dropped = batch.drop_partitions({(p.topic, p.partition) for p in partitions})
+            log.warning(
+                "revoked with a batch in flight (%s): %d records left to the next owner",
+                exc,
+                dropped,
+            )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("lost").inc()
+        log.warning("lost %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        lost = {(p.topic, p.partition) for p in partitions}
+        if self._inflight is not None:
+            self._inflight.drop_partitions(lost)
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in lost]
+
+    # -- lag --
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_checked < 1.0:
+            return
+        self._lag_checked = now
+        try:
+            assignment = self.consumer.assignment()
+            if not assignment:
+                self.metrics.lag.set(0)
+                return
+            total = 0
+            for tp in self.consumer.position(assignment):
+                if tp.offset < 0:
+                    continue
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    total += max(high - tp.offset, 0)
+            self.metrics.lag.set(total)
+        except Exception as exc:  # lag is informational only
+            log.debug("lag not available: %s", exc)
+
+
+# --- the process -----------------------------------------------------------------------------
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM set ``stop``; a second signal gets the previous handler's behaviour."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    return previous
+
+
+def run_sink(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    registry: CollectorRegistry | None = None,
+    **options: Any,
+) -> None:
+    """Run the telemetry sink until SIGINT/SIGTERM (main thread) or ``stop`` is set.
+
+    Applies the migrations at start (waiting for PostgreSQL if it is not up yet), serves the
+    metrics on ``LEARNSTREAM_METRICS_PORT`` (default registry unless one is given) and returns
+    normally after a clean stop: every written batch is committed, an unwritten one is read
+    again by the next run. ``options`` go to `TelemetrySink`.
+    """
+    from learnstream.metrics import serve_metrics
+    from learnstream.postgres import postgres_url, redact
+
+    stop = stop or threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    if main and not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    previous = _install_signal_handlers(stop) if main else {}
+    try:
+        registry = registry or REGISTRY
+        url = options.pop("postgres_url", None) or postgres_url(settings)
+        sink = TelemetrySink(settings, postgres_url=url, registry=registry, stop=stop, **options)
+        serve_metrics(settings, registry)
+        log.info("telemetry sink: PostgreSQL %s", redact(url))
+        sink.run()
+        log.info("telemetry sink stopped")
+    finally:
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is not old:
+                signal.signal(sig, old)

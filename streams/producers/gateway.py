@@ -1,0 +1,803 @@
+"""The HTTP ingest gateway: tools that cannot link a Kafka client POST their events here.
+
+Standard library only (``http.server``), so it runs on the base install::
+
+    POST /v1/events/{source}   one JSON event, or NDJSON (one event per line)
+    GET  /healthz              {"status": "ok", "spooling": bool, "spooled": int}
+    GET  /metrics              Prometheus text (gateway and producer metrics)
+
+Every event is validated against its source's schema; valid ones are handed to one
+`TelemetryProducer` (so they spool to disk while the broker is down), invalid ones are
+answered per line (422) and dead-lettered to ``telemetry.dlq`` with the line number.
+A 202 means the events are queued in the producer: they reach the topic or the on-disk spool
+in the background, and `GatewayServer.close` flushes them on shutdown.
+
+When ``LEARNSTREAM_GATEWAY__TOKEN`` is set, ``/v1/*`` needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from learnstream.settings import Settings
+from schemas.base import Source
+from schemas.errors import EventError
+from schemas.parsing import parse_event, parse_source
+from streams.producers.sdk import TelemetryProducer
+
+log = logging.getLogger("learnstream.gateway")
+
+EVENTS_PREFIX = "/v1/events/"
+NDJSON_TYPES = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+    }
+)
+IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection (or a stalled body) is closed after this
+MAX_CONNECTIONS = 512  # open connections at once; more are answered 503
+DLQ_KEEP_BYTES = 65_536  # an oversized line is dead-lettered with only its first bytes
+SKIP_BODY_BYTES = 65_536  # an unread body up to this size is skipped to keep the connection
+LINGER_S = 2.0  # after refusing an unread body, read and drop input this long before closing
+_CHUNK_LINE_MAX = 1024
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SOURCES = ", ".join(s.value for s in Source)
+_ENDPOINTS = "POST /v1/events/{source}, GET /healthz, GET /metrics"
+
+_metrics_lock = threading.Lock()
+_metrics_by_registry: dict[int, GatewayMetrics] = {}
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    """The gateway's Prometheus metrics; one set per registry."""
+
+    requests: Counter
+    events_accepted: Counter
+    events_rejected: Counter
+    latency: Histogram
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
+        """The metrics registered on ``registry`` (the default registry when None)."""
+        registry = registry or REGISTRY
+        with _metrics_lock:
+            existing = _metrics_by_registry.get(id(registry))
+            if existing is None:
+                existing = cls._create(registry)
+                _metrics_by_registry[id(registry)] = existing
+            return existing
+
+    @classmethod
+    def _create(cls, r: CollectorRegistry) -> GatewayMetrics:
+        p = "learnstream_gateway_"
+        return cls(
+            requests=Counter(
+                p + "requests", "HTTP requests answered", ["route", "code"], registry=r
+            ),
+            events_accepted=Counter(
+                p + "events_accepted",
+                "Events accepted and handed to the producer",
+                ["source"],
+                registry=r,
+            ),
+            events_rejected=Counter(
+                p + "events_rejected",
+                "Events rejected (answered 422 and dead-lettered)",
+                ["source", "kind"],
+                registry=r,
+            ),
+            latency=Histogram(
+                p + "request_seconds",
+                "Time from request line to response sent",
+                ["route"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
+        )
+
+
+class HttpError(Exception):
+    """An error answered to the client as ``{"error": message}``."""
+
+    def __init__(
+        self,
+        status: HTTPStatus,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.close = close
+
+
+@dataclass
+class _LineResult:
+    line: int
+    event_id: str | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.error is None:
+            return {"line": self.line, "status": "accepted", "event_id": self.event_id}
+        return {"line": self.line, "status": "rejected", "error": self.error}
+
+
+def split_events(body: bytes, content_type: str) -> list[tuple[int, bytes]]:
+    """The events in a request body as (line number, bytes), blank lines left out.
+
+    An NDJSON content type, or a body of several lines that is not one JSON document as a
+    whole (such as a pretty-printed event), is one event per line; anything else is one event.
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media not in NDJSON_TYPES and b"\n" in body.strip():
+        try:
+            json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            pass
+        else:
+            return [(1, body)]
+    elif media not in NDJSON_TYPES:
+        return [(1, body)] if body.strip() else []
+    out = []
+    for number, physical in enumerate(body.split(b"\n"), start=1):
+        line = physical.rstrip(b"\r")
+        if line.strip():
+            out.append((number, line))
+    return out
+
+
+class GatewayServer(ThreadingHTTPServer):
+    """The gateway: a threading HTTP/1.1 server (keep-alive) in front of one producer.
+
+    Run it with `serve_forever` (or `start`), stop it with `close`. ``host``, ``port`` and
+    ``url`` give the bound address (port 0 binds an ephemeral port).
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        settings: Settings,
+        producer: TelemetryProducer,
+        *,
+        registry: CollectorRegistry | None,
+        owns_producer: bool,
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.registry = registry or REGISTRY
+        self.metrics = GatewayMetrics.on(self.registry)
+        self.owns_producer = owns_producer
+        token = settings.gateway.token.get_secret_value() if settings.gateway.token else ""
+        self.token: bytes | None = token.encode() if token else None
+        self._lock = threading.Condition()
+        self._inflight = 0
+        self._stopping = False
+        self._connections: set[socket.socket] = set()
+        self._serving = threading.Event()
+        self._closed = False
+        super().__init__(address, GatewayHandler)
+
+    # --- address -------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The bound host."""
+        return str(self.server_address[0])
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the bound address."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections until `close` (or ``shutdown``) is called."""
+        self._serving.set()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self._serving.clear()
+
+    def start(self) -> threading.Thread:
+        """Serve from a background thread; returns the thread."""
+        thread = threading.Thread(target=self.serve_forever, name="gateway", daemon=True)
+        thread.start()
+        self._serving.wait(5)
+        return thread
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let requests in progress finish, then close (and flush) the producer.
+
+        The producer is closed only when the gateway created it.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            self._stopping = True
+        if self._serving.is_set():
+            self.shutdown()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._inflight and time.monotonic() < deadline:
+                self._lock.wait(0.1)
+            idle = list(self._connections)
+        for conn in idle:  # wake handlers waiting for a next request on keep-alive connections
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+        if self.owns_producer:
+            self.producer.close()
+
+    def begin_request(self) -> bool:
+        """Count a request in progress; False once the gateway is stopping."""
+        with self._lock:
+            if self._stopping:
+                return False
+            self._inflight += 1
+            return True
+
+    def end_request(self) -> None:
+        """A request counted by `begin_request` is done."""
+        with self._lock:
+            self._inflight -= 1
+            self._lock.notify_all()
+
+    # --- connections ---------------------------------------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a handler thread, or answer 503 when too many connections are open."""
+        with self._lock:
+            full = len(self._connections) >= MAX_CONNECTIONS
+            if not full:
+                self._connections.add(request)
+        if full:
+            body = b'{"error": "too many connections; retry later"}'
+            with contextlib.suppress(OSError):
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget a connection when its handler is done with it."""
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log an error that escaped a handler (never sent to the client)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("gateway: connection from %s lost", client_address, exc_info=True)
+            return
+        log.exception("gateway: unhandled error serving %s", client_address)
+
+
+class _GatewayServer6(GatewayServer):
+    address_family = socket.AF_INET6
+
+
+class GatewayHandler(BaseHTTPRequestHandler):
+    """One connection: answers requests until the client closes or an error closes it."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "learnstream-gateway"
+    timeout = IDLE_TIMEOUT_S
+    # Headers and body are two writes; with Nagle on, the body waits for the client's delayed
+    # ACK (about 40 ms a request on Linux).
+    disable_nagle_algorithm = True
+    server: GatewayServer
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        """``/healthz`` and ``/metrics``."""
+        self._dispatch(self._get)
+
+    def do_POST(self) -> None:
+        """``/v1/events/{source}``."""
+        self._dispatch(self._post)
+
+    def do_PUT(self) -> None:
+        """Not allowed anywhere."""
+        self._dispatch(self._other)
+
+    def do_DELETE(self) -> None:
+        """Not allowed anywhere."""
+        self._dispatch(self._other)
+
+    def do_PATCH(self) -> None:
+        """Not allowed anywhere."""
+        self._dispatch(self._other)
+
+    def handle_one_request(self) -> None:
+        """Serve one request; a client that resets or stalls just ends the connection."""
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("gateway: connection from %s ended: %r", self.client_address[0], exc)
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        """Parse the request line and headers; resets per-request state first."""
+        self._route_label = "other"
+        self._body_read = False
+        return super().parse_request()
+
+    def _dispatch(self, handler: Callable[[str], None]) -> None:
+        started = time.perf_counter()
+        path = urlsplit(self.path).path
+        route = self._route_label = self._route(path)
+        if not self.server.begin_request():
+            try:
+                self._error(
+                    HttpError(
+                        HTTPStatus.SERVICE_UNAVAILABLE, "gateway is shutting down", close=True
+                    )
+                )
+            except OSError:
+                self.close_connection = True
+            return
+        try:
+            try:
+                handler(path)
+            except HttpError as exc:
+                self._error(exc)
+            except OSError:
+                raise
+            except Exception:
+                log.exception("gateway: error handling %s %s", self.command, path)
+                self._error(
+                    HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error", close=True)
+                )
+        except OSError as exc:  # the client went away, or stalled past the timeout
+            log.info("gateway: connection from %s lost: %r", self.client_address[0], exc)
+            self.close_connection = True
+        finally:
+            self.server.end_request()
+            self.server.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _route(path: str) -> str:
+        if path.startswith("/v1/"):
+            return "events" if path.startswith(EVENTS_PREFIX) else "v1"
+        if path in ("/healthz", "/metrics"):
+            return path[1:]
+        return "other"
+
+    def _get(self, path: str) -> None:
+        if path == "/healthz":
+            producer = self.server.producer
+            self._json(
+                HTTPStatus.OK,
+                {"status": "ok", "spooling": producer.spooling, "spooled": producer.spooled},
+            )
+        elif path == "/metrics":
+            self._send(HTTPStatus.OK, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        elif path.startswith("/v1/"):
+            self._authorize()
+            self._not_found_or_method(path)
+        else:
+            self._not_found(path)
+
+    def _post(self, path: str) -> None:
+        if not path.startswith("/v1/"):
+            if path in ("/healthz", "/metrics"):
+                raise self._method_not_allowed("GET")
+            self._not_found(path)
+        self._authorize()
+        source = self._source(path)
+        body = self._read_body()
+        self._ingest(source, body)
+
+    def _other(self, path: str) -> None:
+        if path.startswith("/v1/"):
+            self._authorize()
+            self._not_found_or_method(path)
+        if path in ("/healthz", "/metrics"):
+            raise self._method_not_allowed("GET")
+        self._not_found(path)
+
+    def _not_found_or_method(self, path: str) -> NoReturn:
+        self._source(path)  # 404 for an unknown source or path
+        raise self._method_not_allowed("POST")
+
+    def _method_not_allowed(self, allow: str) -> HttpError:
+        return HttpError(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            f"{self.command} is not allowed here; use {allow}",
+            headers={"Allow": allow},
+        )
+
+    def _not_found(self, path: str) -> NoReturn:
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no such endpoint {path!r}; endpoints: {_ENDPOINTS}")
+
+    # --- checks before the body ----------------------------------------------------------
+
+    def handle_expect_100(self) -> bool:
+        """Answer ``Expect: 100-continue`` only when the request would be read.
+
+        Auth, path and size are checked first, so a client does not send a body that would be
+        refused anyway.
+        """
+        if self.command == "POST":
+            path = urlsplit(self.path).path
+            self._route_label = self._route(path)
+            try:
+                if path.startswith("/v1/"):
+                    self._authorize()
+                    self._source(path)
+                    self._body_length()
+            except HttpError as exc:
+                exc.close = True  # the body was never sent
+                self._error(exc)
+                return False
+        return super().handle_expect_100()
+
+    def _authorize(self) -> None:
+        expected = self.server.token
+        if expected is None:
+            return
+        header = self.headers.get("Authorization")
+        if header is None:
+            raise HttpError(
+                HTTPStatus.UNAUTHORIZED,
+                "missing bearer token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="learnstream"'},
+            )
+        scheme, _, given = header.strip().partition(" ")
+        # Header values arrive decoded as latin-1; encoding back gives the bytes as sent.
+        given_b = given.strip().encode("latin-1", errors="replace")
+        ok = hmac.compare_digest(given_b, expected)
+        if scheme.lower() != "bearer" or not ok:
+            raise HttpError(
+                HTTPStatus.UNAUTHORIZED,
+                "invalid bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="learnstream", error="invalid_token"'},
+            )
+
+    def _source(self, path: str) -> Source:
+        if not path.startswith(EVENTS_PREFIX):
+            raise HttpError(
+                HTTPStatus.NOT_FOUND,
+                f"no such endpoint {path!r}; events go to POST /v1/events/{{source}} with "
+                f"source one of: {_SOURCES}",
+            )
+        name = unquote(path[len(EVENTS_PREFIX) :].strip("/"))
+        try:
+            return parse_source(name)
+        except EventError as exc:
+            raise HttpError(HTTPStatus.NOT_FOUND, exc.reason) from None
+
+    def _body_length(self) -> int | None:
+        """The Content-Length, or None for a chunked body; raises for 400/411/413/415."""
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise HttpError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Encoding {encoding!r} is not supported; send the body uncompressed",
+                close=True,
+            )
+        transfer = self.headers.get("Transfer-Encoding")
+        if transfer is not None:
+            if transfer.strip().lower() != "chunked":
+                raise HttpError(
+                    HTTPStatus.NOT_IMPLEMENTED,
+                    f"Transfer-Encoding {transfer!r} is not supported",
+                    close=True,
+                )
+            return None
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", close=True)
+        lengths = {v.strip() for value in values for v in value.split(",")}
+        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+            raise HttpError(HTTPStatus.BAD_REQUEST, "invalid Content-Length", close=True)
+        length = int(next(iter(lengths)))
+        limit = self.server.settings.gateway.max_body_bytes
+        if length > limit:
+            raise HttpError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body is {length} bytes, over the limit of {limit} bytes "
+                "(LEARNSTREAM_GATEWAY__MAX_BODY_BYTES); send smaller batches",
+                close=True,
+            )
+        return length
+
+    # --- the body ------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        length = self._body_length()
+        if length is None:
+            body = self._read_chunked(self.server.settings.gateway.max_body_bytes)
+        else:
+            body = self.rfile.read(length)
+            if len(body) < length:
+                raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
+        self._body_read = True
+        if not body.strip():
+            raise HttpError(HTTPStatus.BAD_REQUEST, "empty body: send one JSON event or NDJSON")
+        return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(_CHUNK_LINE_MAX + 1)
+            if not line.endswith(b"\n"):
+                if not line:
+                    raise ConnectionError("body ended inside a chunked body")
+                raise HttpError(HTTPStatus.BAD_REQUEST, "malformed chunked body", close=True)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise HttpError(
+                    HTTPStatus.BAD_REQUEST, "malformed chunk size", close=True
+                ) from None
+            if size < 0:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "malformed chunk size", close=True)
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HttpError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"body is over the limit of {limit} bytes "
+                    "(LEARNSTREAM_GATEWAY__MAX_BODY_BYTES); send smaller batches",
+                    close=True,
+                )
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.readline(3).strip():
+                raise HttpError(HTTPStatus.BAD_REQUEST, "malformed chunked body", close=True)
+            parts.append(chunk)
+        while True:  # trailers, up to the blank line
+            line = self.rfile.readline(_CHUNK_LINE_MAX + 1)
+            if not line or not line.strip():
+                break
+        return b"".join(parts)
+
+    def _ingest(self, source: Source, body: bytes) -> None:
+        server = self.server
+        producer = server.producer
+        max_bytes = server.settings.max_event_bytes
+        events = split_events(body, self.headers.get("Content-Type", ""))
+        if not events:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "empty body: send one JSON event or NDJSON")
+        results: list[_LineResult] = []
+        rejected = 0
+        for number, raw in events:
+            try:
+                event = parse_event(source, raw, max_bytes=max_bytes)
+            except EventError as exc:
+                rejected += 1
+                results.append(_LineResult(number, error=exc.reason))
+                self._dead_letter(source, number, raw, exc)
+                continue
+            results.append(_LineResult(number, event_id=producer.emit(event)))
+        accepted = len(results) - rejected
+        if accepted:
+            server.metrics.events_accepted.labels(source.value).inc(accepted)
+        if not rejected:
+            self._json(
+                HTTPStatus.ACCEPTED,
+                {"accepted": accepted, "event_ids": [r.event_id for r in results]},
+            )
+            return
+        self._json(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            {
+                "accepted": accepted,
+                "rejected": rejected,
+                "results": [r.as_json() for r in results],
+            },
+        )
+
+    def _dead_letter(self, source: Source, number: int, raw: bytes, exc: EventError) -> None:
+        self.server.metrics.events_rejected.labels(source.value, exc.kind).inc()
+        reason = exc.reason
+        if exc.kind == "oversized" and len(raw) > DLQ_KEEP_BYTES:
+            raw = raw[:DLQ_KEEP_BYTES]
+            reason += f" (this dead letter keeps its first {DLQ_KEEP_BYTES} bytes)"
+        self.server.producer.dead_letter(
+            raw,
+            reason,
+            source=source,
+            stage="gateway",
+            line_number=number,
+            event_type=exc.event_type,
+            error_kind=exc.kind,
+        )
+
+    # --- responses -----------------------------------------------------------------------
+
+    def _json(self, status: HTTPStatus, payload: Any, **kwargs: Any) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", **kwargs)
+
+    def _error(self, exc: HttpError) -> None:
+        close = exc.close or not self._skip_body()
+        self._json(exc.status, {"error": exc.message}, headers=exc.headers, close=close)
+
+    def _skip_body(self) -> bool:
+        """Read past a small unread body so the connection can be kept; False: close it."""
+        if getattr(self, "_body_read", True) or self.headers is None:
+            return True
+        self._body_read = True
+        if self.headers.get("Transfer-Encoding") is not None:
+            return False
+        value = self.headers.get("Content-Length")
+        if value is None:
+            return True
+        if not value.strip().isdigit() or int(value) > SKIP_BODY_BYTES:
+            return False
+        length = int(value)
+        return len(self.rfile.read(length)) == length
+
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str,
+        *,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        if close:
+            self.close_connection = True
+            # Closing with unread input makes the kernel send RST, which can destroy this
+            # response before the client reads it: `finish` drains the input first.
+            self._linger = not getattr(self, "_body_read", True)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
+        route = getattr(self, "_route_label", "other")
+        self.server.metrics.requests.labels(route, str(int(status))).inc()
+
+    def finish(self) -> None:
+        """Flush the last response; when input was left unread, drain it before closing."""
+        super().finish()
+        if not getattr(self, "_linger", False):
+            return
+        sock = self.connection
+        deadline = time.monotonic() + LINGER_S
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):
+                    break
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors found by ``http.server`` itself (bad request line, ...), as JSON."""
+        try:
+            status = HTTPStatus(code)
+        except ValueError:
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+        self._error(HttpError(status, message or status.phrase, close=True))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Access log lines go to the ``learnstream.gateway`` logger at DEBUG."""
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        """Protocol errors go to the ``learnstream.gateway`` logger."""
+        log.info("%s %s", self.address_string(), format % args)
+
+
+def make_gateway(
+    settings: Settings,
+    *,
+    producer: TelemetryProducer | None = None,
+    registry: CollectorRegistry | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> GatewayServer:
+    """Build the gateway bound to ``host:port`` (from ``settings.gateway`` when None).
+
+    Port 0 binds an ephemeral port (see ``server.port``). Without ``producer`` one is created
+    (``name="gateway"``, ``stage="gateway"``) on ``registry`` and closed by ``server.close()``.
+    Call ``server.serve_forever()`` or ``server.start()`` to serve.
+    """
+    host = host if host is not None else settings.gateway.host
+    port = port if port is not None else settings.gateway.port
+    owns = producer is None
+    if producer is None:
+        producer = TelemetryProducer(
+            settings=settings, name="gateway", stage="gateway", registry=registry
+        )
+    cls = _GatewayServer6 if ":" in host else GatewayServer
+    try:
+        return cls((host, port), settings, producer, registry=registry, owns_producer=owns)
+    except BaseException:
+        if owns:
+            producer.close()
+        raise
+
+
+def serve_gateway(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Run the gateway until SIGINT or SIGTERM, then flush the producer and return."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    server = make_gateway(settings, host=host, port=port)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    try:
+        if server.token is None and server.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "no LEARNSTREAM_GATEWAY__TOKEN set: anyone who can reach %s may post events",
+                server.url,
+            )
+        server.start()
+        print(f"gateway listening on {server.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("gateway stopping: flushing events", flush=True)
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("gateway stopped", flush=True)

@@ -1,0 +1,81 @@
+"""Running `learnstream worker` as a real subprocess in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from streams.app import free_port
+
+
+class WorkerProcess:
+    """A Faust worker subprocess with its own data dir (own Qdrant folder) and app id."""
+
+    def __init__(self, bootstrap: str, data_dir: Path, app_id: str, **env: str) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / "worker.log"
+        full_env = {
+            **os.environ,
+            "LEARNSTREAM_DATA_DIR": str(data_dir),
+            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "LEARNSTREAM_WORKER__APP_ID": app_id,
+            **env,
+        }
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "learnstream",
+                "worker",
+                "--web-port",
+                str(self.port),
+                "--loglevel",
+                "warning",
+            ],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def metrics(self) -> str:
+        """The worker's /metrics page."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value from /metrics (0 if absent)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        try:
+            page = self.metrics()
+        except OSError:  # not serving yet
+            return 0.0
+        for line in page.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key == (f"{name}{{{want}}}" if want else name):
+                return float(value)
+        return 0.0
+
+    def log(self) -> str:
+        """What the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode)

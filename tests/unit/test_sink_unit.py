@@ -1,0 +1,383 @@
+"""The telemetry sink without services: row mapping, batching helpers, retry and rebalance logic."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumers import telemetry_sink as ts
+from consumers.migrate import load_migrations
+from consumers.telemetry_sink import (
+    COLUMN_NAMES,
+    UPSERT_SQL,
+    Item,
+    RetryableError,
+    TelemetrySink,
+    batch_document,
+    commit_positions,
+    dedupe_rows,
+    parse_record,
+    row_from_scored,
+    row_json,
+)
+from learnstream.postgres import redact
+from learnstream.settings import Settings
+from schemas.interaction import FactorScores, Interaction, ScoredInteraction, ScoreWeights
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+MIGRATIONS = Path(ts.__file__).parent / "migrations"
+
+
+def scored(event_id: str = "e1", *, score: float | None = 0.8, **kw: Any) -> ScoredInteraction:
+    interaction = Interaction(
+        event_id=event_id,
+        source="aidb",
+        event_type="query_completed" if score is not None else "session_started",
+        key="session-1",
+        timestamp=T0,
+        scorable=score is not None,
+        query="how do I rotate logs",
+        payload={"event_type": "query_completed", "session_id": "session-1"},
+    )
+    if score is None:
+        return ScoredInteraction(interaction=interaction, scored_at=T0, **kw)
+    return ScoredInteraction(
+        interaction=interaction,
+        score=score,
+        factors=FactorScores(outcome=1, feedback=0.5, reusability=0.3, complexity=0.2, novelty=1),
+        weights=ScoreWeights(),
+        inputs={"feedback": {"signal": "none"}},
+        high_value=score >= 0.7,
+        scorer_version="v1",
+        scored_at=kw.pop("scored_at", T0 + timedelta(seconds=1)),
+        **kw,
+    )
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def test_row_from_scored_maps_every_column() -> None:
+    row = row_from_scored(scored(), topic="interactions.scored", partition=2, offset=41)
+    assert tuple(row) == COLUMN_NAMES
+    assert row["event_id"] == "e1"
+    assert row["source"] == "aidb"
+    assert row["event_time"] == T0
+    assert row["record_key"] == "session-1"
+    assert row["payload"] == {"event_type": "query_completed", "session_id": "session-1"}
+    assert "payload" not in row["interaction"]
+    assert row["interaction"]["query"] == "how do I rotate logs"
+    assert row["factors"] == {
+        "outcome": 1.0,
+        "feedback": 0.5,
+        "reusability": 0.3,
+        "complexity": 0.2,
+        "novelty": 1.0,
+    }
+    assert "schema_version" not in row["weights"]
+    assert (row["score"], row["high_value"], row["scorer_version"]) == (0.8, True, "v1")
+    assert (row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]) == (
+        "interactions.scored",
+        2,
+        41,
+    )
+    decoded = json.loads(row_json(row))
+    assert decoded["event_time"] == "2025-03-01T12:00:00+00:00"
+
+
+def test_lifecycle_row_has_nulls() -> None:
+    row = row_from_scored(scored(score=None), topic="t", partition=0, offset=0)
+    assert row["score"] is None
+    assert row["factors"] is None
+    assert row["weights"] is None
+    assert row["scorer_version"] is None
+    assert row["high_value"] is False
+    assert row["scorable"] is False
+
+
+def test_parse_record_valid_and_invalid() -> None:
+    good = parse_record(
+        scored().model_dump_json().encode(), b"e1", topic="t", partition=1, offset=7
+    )
+    assert good.letter is None and good.row is not None and good.row_json is not None
+
+    bad = parse_record(b"{nope", b"k", topic="t", partition=1, offset=8)
+    assert bad.row is None and bad.letter is not None
+    assert (bad.letter.stage, bad.letter.topic, bad.letter.partition, bad.letter.offset) == (
+        "sink",
+        "t",
+        1,
+        8,
+    )
+    assert bad.letter.original() == b"{nope"
+    assert bad.letter.error.startswith("not a valid ScoredInteraction")
+
+    empty = parse_record(None, b"k", topic="t", partition=0, offset=0)
+    assert empty.letter is not None and empty.letter.error == "empty record value"
+
+    # A NaN written by a lenient writer: stored as null, never as JSON PostgreSQL refuses.
+    raw = scored().model_dump_json().replace('"signal":"none"', '"signal":NaN').encode()
+    assert b"NaN" in raw
+    nan = parse_record(raw, None, topic="t", partition=0, offset=1)
+    assert nan.row is not None and nan.row_json is not None
+    assert nan.row["inputs"] == {"feedback": {"signal": None}}
+    json.loads(nan.row_json, parse_constant=lambda c: pytest.fail(f"{c} in row JSON"))
+
+
+def test_dead_letters_keep_at_most_dlq_keep_bytes() -> None:
+    small = ts.dead_letter(b"abc", key=b"k", error="bad", topic="t")
+    assert (small.original(), small.error, small.stage) == (b"abc", "bad", "sink")
+    big = b"x" * (ts.DLQ_KEEP_BYTES + 10)
+    letter = ts.dead_letter(big, key=None, error="bad")
+    assert letter.original() == big[: ts.DLQ_KEEP_BYTES]
+    assert f"first {ts.DLQ_KEEP_BYTES} of {len(big)} bytes" in letter.error
+    assert len(letter.model_dump_json()) < 1_000_000
+
+
+def test_row_json_refuses_nan() -> None:
+    row = row_from_scored(scored(), topic="t", partition=0, offset=0)
+    row["inputs"] = {"x": float("nan")}
+    with pytest.raises(ValueError):
+        row_json(row)
+
+
+def test_dedupe_keeps_the_latest_scoring_then_the_last_read() -> None:
+    a_old = row_from_scored(scored("a", scored_at=T0), topic="t", partition=0, offset=1)
+    a_new = row_from_scored(
+        scored("a", scored_at=T0 + timedelta(hours=1)), topic="t", partition=0, offset=2
+    )
+    a_replayed_old = row_from_scored(scored("a", scored_at=T0), topic="t", partition=0, offset=3)
+    b1 = row_from_scored(scored("b"), topic="t", partition=1, offset=1)
+    b2 = row_from_scored(scored("b"), topic="t", partition=1, offset=5)
+    out = dedupe_rows([a_old, b1, a_new, a_replayed_old, b2])
+    assert [r["event_id"] for r in out] == ["a", "b"]
+    assert out[0]["kafka_offset"] == 2
+    assert out[1]["kafka_offset"] == 5
+
+
+def test_commit_positions_are_last_offset_plus_one() -> None:
+    items = [Item("t", 0, 5, None), Item("t", 0, 3, None), Item("t", 1, 0, None)]
+    assert commit_positions(items) == {("t", 0): 6, ("t", 1): 1}
+    assert commit_positions([]) == {}
+
+
+def test_batch_document_is_a_json_array() -> None:
+    row = row_from_scored(scored(), topic="t", partition=0, offset=0)
+    doc = batch_document([row, row_json(row)])
+    assert [r["event_id"] for r in json.loads(doc)] == ["e1", "e1"]
+    assert batch_document([]) == "[]"
+
+
+def test_upsert_statement_and_migration_agree() -> None:
+    table = (MIGRATIONS / "0001_telemetry_events.sql").read_text()
+    body = table.split("CREATE TABLE telemetry_events (", 1)[1].split(");", 1)[0]
+    declared = {
+        m.group(1)
+        for m in re.finditer(r"^\s+([a-z_]+)\s+", body, re.MULTILINE)
+        if m.group(1) != "CONSTRAINT"
+    }
+    assert set(COLUMN_NAMES) | {"ingested_at", "updated_at"} == declared
+    for name in COLUMN_NAMES:
+        assert name in UPSERT_SQL
+    assert "ON CONFLICT (event_id) DO UPDATE" in UPSERT_SQL
+    assert "event_id = EXCLUDED.event_id" not in UPSERT_SQL
+    assert "ingested_at" not in UPSERT_SQL  # the first write's time is kept
+
+
+def test_migrations_load_in_order() -> None:
+    migrations = load_migrations()
+    assert migrations[0].version == 1
+    assert migrations[0].name == "telemetry_events"
+    assert [m.version for m in migrations] == sorted({m.version for m in migrations})
+    for path in MIGRATIONS.glob("*.sql"):
+        assert re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", path.name)
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact("postgresql://h/db") == "postgresql://h/db"
+
+
+# --- outage handling with a fake consumer ----------------------------------------------------
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        self._t, self._p, self._o, self._v = topic, partition, offset, value
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def key(self) -> bytes:
+        return f"k{self._o}".encode()
+
+    def value(self) -> bytes | None:
+        return self._v
+
+    def error(self) -> None:
+        return None
+
+
+class FakeTP:
+    def __init__(self, topic: str, partition: int, offset: int = -1001) -> None:
+        self.topic, self.partition, self.offset, self.error = topic, partition, offset, None
+
+
+class FakeConsumer:
+    """Records calls; serves one batch, then nothing."""
+
+    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+        self.batches = batches
+        self.calls: list[str] = []
+        self.committed: list[list[tuple[str, int, int]]] = []
+        self.paused = False
+        self.on_poll: Any = None
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.calls.append("consume")
+        assert not self.paused, "consumed while paused"
+        return self.batches.pop(0) if self.batches else []
+
+    def poll(self, timeout: float) -> None:
+        self.calls.append("poll")
+        assert self.paused, "polled for records while not paused"
+        time.sleep(min(timeout, 0.002))
+        if self.on_poll is not None:
+            self.on_poll()
+
+    def assignment(self) -> list[FakeTP]:
+        return [FakeTP("t", 0), FakeTP("t", 1)]
+
+    def pause(self, partitions: list[Any]) -> None:
+        self.calls.append("pause")
+        self.paused = True
+
+    def resume(self, partitions: list[Any]) -> None:
+        self.calls.append("resume")
+        self.paused = False
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
+        assert asynchronous is False
+        self.calls.append("commit")
+        self.committed.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
+        return offsets
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return partitions
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def fake_sink(consumer: FakeConsumer, fail: int, **kw: Any) -> tuple[TelemetrySink, list[int]]:
+    sink = TelemetrySink(
+        Settings(kafka={"bootstrap_servers": "127.0.0.1:1"}),
+        postgres_url="postgresql://nowhere/db",
+        registry=CollectorRegistry(),
+        backoff_initial=0.01,
+        backoff_max=0.02,
+        **kw,
+    )
+    sink._consumer = consumer  # type: ignore[assignment]
+    writes: list[int] = []
+
+    def write(rows: list[dict[str, Any]]) -> list[Any]:
+        if len(writes) < fail:
+            writes.append(-len(rows))
+            raise RetryableError("PostgreSQL write failed: down")
+        writes.append(len(rows))
+        return []
+
+    sink._write = write  # type: ignore[method-assign]
+    return sink, writes
+
+
+def batch(*coords: tuple[int, int]) -> list[FakeMessage]:
+    return [
+        FakeMessage("t", p, o, scored(f"e{p}-{o}").model_dump_json().encode()) for p, o in coords
+    ]
+
+
+def test_outage_retries_the_same_batch_paused_and_commits_after_the_write() -> None:
+    consumer = FakeConsumer([batch((0, 0), (0, 1), (1, 0))])
+    sink, writes = fake_sink(consumer, fail=3)
+    assert sink.run_once() == 3
+    assert writes == [-3, -3, -3, 3]  # the same batch each time
+    assert consumer.calls.count("consume") == 1  # nothing more consumed meanwhile
+    assert "poll" in consumer.calls  # the group membership was kept alive
+    last_pause = len(consumer.calls) - 1 - consumer.calls[::-1].index("pause")
+    commit = consumer.calls.index("commit")
+    assert consumer.calls.index("pause") < commit  # paused during the outage
+    assert last_pause < commit < consumer.calls.index("resume")  # resumed once committed
+    assert consumer.committed == [[("t", 0, 2), ("t", 1, 1)]]
+    registry = sink.metrics.registry
+    assert registry.get_sample_value("learnstream_sink_db_errors_total") == 3
+    assert registry.get_sample_value("learnstream_sink_db_up") == 0  # _write is faked
+    assert registry.get_sample_value("learnstream_sink_batches_total") == 1
+
+
+def test_stop_during_an_outage_commits_nothing() -> None:
+    consumer = FakeConsumer([batch((0, 0))])
+    stop = threading.Event()
+    sink, _ = fake_sink(consumer, fail=10**9, stop=stop)
+    polls = 0
+
+    def on_poll() -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 5:
+            stop.set()
+
+    consumer.on_poll = on_poll
+    assert sink.run_once() == 0
+    assert consumer.committed == []
+    sink.close()
+    assert consumer.committed == []  # closing does not commit the unwritten batch either
+    assert consumer.calls[-1] == "close"
+
+
+def test_revocation_during_an_outage_hands_the_records_back() -> None:
+    consumer = FakeConsumer([batch((0, 0), (1, 0), (1, 1))])
+    sink, writes = fake_sink(consumer, fail=3)
+
+    def revoke_partition_1() -> None:
+        consumer.on_poll = None
+        sink._on_revoke(consumer, [FakeTP("t", 1)])  # type: ignore[arg-type, list-item]
+
+    consumer.on_poll = revoke_partition_1
+    assert sink.run_once() == 1
+    # The try inside the revocation failed too, so partition 1's records were left to the
+    # next owner: only partition 0 was written and committed.
+    assert writes[-1] == 1
+    assert consumer.committed == [[("t", 0, 1)]]
+
+
+def test_invalid_records_are_dead_lettered_before_the_commit() -> None:
+    msgs = [*batch((0, 0)), FakeMessage("t", 0, 1, b"garbage")]
+    consumer = FakeConsumer([msgs])
+    sink, writes = fake_sink(consumer, fail=0)
+    sent: list[list[Item]] = []
+
+    def send(items: list[Item]) -> None:
+        assert consumer.committed == []
+        sent.append(items)
+
+    sink._send_letters = send  # type: ignore[method-assign]
+    assert sink.run_once() == 2
+    assert writes == [1]
+    assert [i.offset for i in sent[0]] == [1]
+    assert consumer.committed == [[("t", 0, 2)]]
