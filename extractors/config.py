@@ -1,11 +1,92 @@
-"""Settings of the pattern-extraction stage (``LEARNSTREAM_EXTRACT__*``)."""
+"""Settings of the pattern-extraction stage (``LEARNSTREAM_EXTRACT__*``).
+
+Every field maps to one environment variable, e.g. ``LEARNSTREAM_EXTRACT__LLM_BASE_URL`` or
+``LEARNSTREAM_EXTRACT__MERGE_THRESHOLD``. Without ``llm_base_url`` only the deterministic
+heuristic extractor runs.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a senior software engineer. Answer coding and operations questions with a short "
+    "explanation and working, idiomatic code."
+)
 
 
 class ExtractSettings(BaseModel):
     """Pattern extraction: LLM endpoint, heuristic fallback, merge, dataset."""
 
     model_config = ConfigDict(extra="forbid")
+
+    llm_base_url: str | None = Field(
+        default=None,
+        description=(
+            "OpenAI-compatible API base, e.g. http://127.0.0.1:8080/v1 (llama.cpp, Ollama, vLLM);"
+            " requests go to <base>/chat/completions. Unset: heuristic extractor only."
+        ),
+    )
+    llm_model: str = Field(
+        default="local", min_length=1, description="Model name sent in each request."
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None, description="Sent as 'Authorization: Bearer <key>' when set."
+    )
+    temperature: float = Field(default=0.1, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(default=1024, ge=64, le=32_768, description="Completion token cap.")
+    json_mode: bool = Field(
+        default=True,
+        description=(
+            "Ask for response_format json_object; dropped automatically when the server "
+            "rejects it with a 400."
+        ),
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=600, description="Per-request timeout.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on transport errors, timeouts, 429 and 5xx."
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, ge=0, le=60, description="First retry delay; doubles each retry."
+    )
+    max_input_chars: int = Field(
+        default=12_000, ge=500, le=1_000_000, description="Query + response sent to the LLM."
+    )
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, le=1000, description="Consecutive failed calls that open the circuit."
+    )
+    breaker_reset_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds the circuit stays open before one trial call (half-open).",
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=64, description="Candidates extracted in parallel per batch."
+    )
+    merge_threshold: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=1.0,
+        description="Cosine (name + description) at or above which a new pattern is merged.",
+    )
+    dataset_path: Path | None = Field(
+        default=None, description="The JSONL dataset. Unset: <data dir>/dataset/dataset.jsonl."
+    )
+    system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        min_length=1,
+        description="System message of every dataset example.",
+    )
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value

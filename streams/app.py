@@ -107,6 +107,10 @@ def create_app(
     dev = is_dev_broker(settings)
     if web_port == 0:  # Faust wants a real port number
         web_port = free_port()
+    if dev:
+        from streams.mockcompat import tolerate_mock_group_sync
+
+        tolerate_mock_group_sync()
     app = faust.App(
         settings.worker.app_id,
         broker=broker_urls(settings),
@@ -123,6 +127,10 @@ def create_app(
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16384,
         datadir=str(settings.data_dir / "faust"),
+        # The mock cluster waits (session timeout - 1 s) for members to rejoin before it
+        # completes a rebalance, even when all have; keep that short on the dev broker.
+        broker_session_timeout=8.0 if dev else 60.0,
+        broker_heartbeat_interval=1.0 if dev else 3.0,
     )
 
     @app.page("/metrics")

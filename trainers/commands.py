@@ -1,0 +1,206 @@
+"""``learnstream adapters``: list, show, activate and roll back registered LoRA adapters.
+
+Only click is imported at module level (``learnstream --help`` stays fast and imports no
+pydantic); settings come from the root command's context object (anything with a
+``settings`` attribute, like ``learnstream.cli.Context``) or, when run standalone, from
+``load_settings()``. ``activate`` and ``rollback`` notify the configured inference servers
+unless ``--no-notify``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from learnstream.settings import Settings
+    from trainers.registry import AdapterRegistry
+
+
+def _settings() -> Settings:
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj
+    settings = getattr(obj, "settings", None)
+    if settings is not None:
+        return settings
+    from learnstream.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _registry(base_model: str | None) -> tuple[Settings, AdapterRegistry]:
+    from trainers.registry import AdapterRegistry
+
+    settings = _settings()
+    return settings, AdapterRegistry.for_settings(settings, base_model)
+
+
+def _version_arg(text: str) -> int:
+    from trainers.registry import RegistryError, parse_version
+
+    try:
+        return parse_version(text)
+    except RegistryError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _notify(settings: Settings, registry: AdapterRegistry, version: int | None) -> None:
+    from trainers.hotswap import Notice, notify_all, served_path, summarize
+
+    ts = settings.training
+    if not (ts.vllm_servers or ts.webhooks):
+        return
+    metrics: dict[str, float] = {}
+    path = None
+    if version is not None:
+        info = registry.show(version)
+        metrics = {k: float(v) for k, v in info.metrics.items() if isinstance(v, int | float)}
+        path = served_path(ts, registry.root, info.path)
+    outcomes = notify_all(
+        ts,
+        Notice(
+            base_model=registry.base_model,
+            version=version,
+            path=path,
+            lora_name=ts.lora_name,
+            metrics=metrics,
+        ),
+    )
+    click.echo(summarize(outcomes))
+    if any(not o.ok for o in outcomes):
+        raise click.ClickException(
+            "the registry was updated but some inference servers were not notified"
+        )
+
+
+base_model_option = click.option(
+    "--base-model",
+    default=None,
+    help="Base model name or path (default: LEARNSTREAM_BASE_MODEL).",
+)
+notify_option = click.option(
+    "--notify/--no-notify",
+    default=True,
+    show_default=True,
+    help="Tell the configured inference servers (vLLM, webhooks).",
+)
+
+
+@click.group()
+def adapters() -> None:
+    """Registered LoRA adapters: list, show, activate, roll back."""
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, int | float) else "-"
+
+
+@adapters.command("list")
+@base_model_option
+def list_adapters(base_model: str | None) -> None:
+    """List the versions of a base model's adapters (* marks the active one)."""
+    _, registry = _registry(base_model)
+    versions = registry.list_versions()
+    click.echo(f"base model {registry.base_model} ({registry.dir})")
+    if not versions:
+        click.echo("no adapters registered")
+        return
+    click.echo(
+        f"  {'VERSION':8} {'CREATED':20} {'CAND_LOSS':>9} {'PREV_LOSS':>9} "
+        f"{'GAIN':>7} {'TRAIN':>6} {'EVAL':>5} DECISION"
+    )
+    for info in versions:
+        m, lineage = info.metrics, info.lineage
+        decision = info.decision or {}
+        verdict = "-"
+        if "promote" in decision:
+            verdict = "promoted" if decision["promote"] else "rejected"
+        gain = decision.get("relative_improvement")
+        click.echo(
+            f"{'*' if info.active else ' '} {info.name:8} {info.created_at[:19]:20} "
+            f"{_fmt(m.get('eval_loss_candidate')):>9} {_fmt(m.get('eval_loss_active')):>9} "
+            f"{_fmt(gain, '+.2%'):>7} {lineage.get('train_examples', '-')!s:>6} "
+            f"{lineage.get('eval_examples', '-')!s:>5} {verdict}"
+        )
+    active = registry.active_version()
+    click.echo(f"active: {'none (base model)' if active is None else f'v{active:04d}'}")
+
+
+@adapters.command("show")
+@click.argument("version", required=False)
+@base_model_option
+def show_adapter(version: str | None, base_model: str | None) -> None:
+    """Print one version (default: the active one) as JSON: metrics, lineage, config, decision."""
+    from trainers.registry import RegistryError
+
+    _, registry = _registry(base_model)
+    try:
+        info = registry.show(None if version is None else _version_arg(version))
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    lineage = dict(info.lineage)
+    for key in ("pattern_ids", "event_ids", "eval_event_ids"):
+        if isinstance(lineage.get(key), list):
+            lineage[f"{key}_count"] = len(lineage[key])
+    click.echo(
+        json.dumps(
+            {
+                "base_model": registry.base_model,
+                "version": info.version,
+                "path": str(info.path),
+                "active": info.active,
+                "created_at": info.created_at,
+                "metrics": info.metrics,
+                "decision": info.decision,
+                "lineage": lineage,
+                "config": info.config,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+
+
+@adapters.command("activate")
+@click.argument("version")
+@base_model_option
+@notify_option
+def activate_adapter(version: str, base_model: str | None, notify: bool) -> None:
+    """Make VERSION (3 or v0003) the active adapter."""
+    from trainers.registry import RegistryError, version_name
+
+    settings, registry = _registry(base_model)
+    number = _version_arg(version)
+    try:
+        previous = registry.activate(number, reason="manual (CLI)")
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    was = "none" if previous is None else version_name(previous)
+    click.echo(f"{registry.base_model}: active {version_name(number)} (was {was})")
+    if notify:
+        _notify(settings, registry, number)
+
+
+@adapters.command("rollback")
+@base_model_option
+@notify_option
+def rollback_adapter(base_model: str | None, notify: bool) -> None:
+    """Re-activate the version that was active before the current one."""
+    from trainers.registry import RegistryError, version_name
+
+    settings, registry = _registry(base_model)
+    current = registry.active_version()
+    try:
+        new = registry.rollback(reason="manual rollback (CLI)")
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    now = "none (base model)" if new is None else version_name(new)
+    was = "none" if current is None else version_name(current)
+    click.echo(f"{registry.base_model}: rolled back to {now} (was {was})")
+    if notify:
+        _notify(settings, registry, new)

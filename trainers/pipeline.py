@@ -1,0 +1,382 @@
+"""One training job, from trigger to result: what the trainer consumer calls.
+
+snapshot -> split -> (skip if too few examples) -> LoRA SFT -> evaluate active and candidate
+on the same eval set -> register the candidate -> activate it or reject it, with the reason
+-> notify inference servers -> `TrainingResult`.
+
+* Never raises: any error becomes ``status="failed"`` with the reason.
+* Idempotent per ``trigger_id``: a job record (``jobs/<trigger>.json``) is written when the job
+  starts, when the candidate is registered and when it ends; a duplicate trigger of a finished
+  job gets the stored result back without training again. A job that crashed after
+  registering its candidate resumes at the promotion decision (when the active version is
+  still the one it was compared with); one that crashed earlier runs again.
+* One job at a time per base model, across processes (a file lock in the registry).
+
+Blocking and long (minutes to hours on a real model): call it from a worker thread and keep
+polling the consumer, or pause its partitions, so the group does not evict it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from schemas.base import utcnow
+from schemas.training import TrainingResult, TrainingTrigger
+from trainers.config import TrainingSettings
+from trainers.metrics import TrainingMetrics
+from trainers.promote import Decision, decide
+from trainers.registry import AdapterRegistry, JobRecord, RegistryError, version_name
+
+if TYPE_CHECKING:
+    from learnstream.settings import Settings
+
+log = logging.getLogger("learnstream.trainers.pipeline")
+
+ProgressFn = Callable[[int, int, float | None], None]
+Status = Literal["promoted", "rejected", "failed", "skipped"]
+
+
+class SkipJob(Exception):  # noqa: N818 - not an error: the job has nothing to do
+    """The job has nothing to do (no or too little data)."""
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.durations[name] = round(time.perf_counter() - started, 4)
+
+    def finish(self) -> dict[str, float]:
+        self.durations["total"] = round(time.perf_counter() - self._started, 4)
+        return dict(self.durations)
+
+
+def run_training_job(
+    settings: Settings,
+    trigger: TrainingTrigger,
+    registry: AdapterRegistry | None = None,
+    *,
+    metrics: TrainingMetrics | None = None,
+    on_progress: ProgressFn | None = None,
+) -> TrainingResult:
+    """Run (or recognize as done) the training job of ``trigger``; never raises.
+
+    ``settings`` is the process `Settings` (``training``, ``dataset_path``, ``registry_dir``).
+    The base model trained is ``trigger.base_model``. ``registry`` overrides the registry
+    (default: ``AdapterRegistry.for_settings(settings, trigger.base_model)``); ``metrics``
+    the Prometheus metrics (default registry); ``on_progress(step, max_steps, loss)`` is
+    called during training.
+    """
+    m = metrics or TrainingMetrics.on()
+    job = _Job(settings, trigger, m, on_progress)
+    try:
+        registry = registry or AdapterRegistry.for_settings(settings, trigger.base_model)
+        with registry.job_lock():
+            prior = registry.read_job(trigger.trigger_id)
+            if prior is not None and prior.state == "done" and prior.result is not None:
+                stored = prior.training_result()
+                assert stored is not None
+                log.info(
+                    "trigger %s already handled (%s): returning the stored result",
+                    trigger.trigger_id,
+                    stored.status,
+                )
+                return stored
+            result = job.run(registry, prior)
+    except Exception as exc:  # the registry itself is unusable (permissions, disk full...)
+        log.exception("training job %s failed outside the run", trigger.trigger_id)
+        result = job.result("failed", f"{type(exc).__name__}: {exc}")
+    _observe(m, trigger.base_model, result)
+    log.info("training job %s: %s: %s", trigger.trigger_id, result.status, result.reason)
+    return result
+
+
+def _observe(m: TrainingMetrics, base_model: str, result: TrainingResult) -> None:
+    try:
+        m.runs.labels(base_model=base_model, status=result.status).inc()
+        for stage, seconds in result.durations_s.items():
+            m.duration.labels(stage=stage).observe(seconds)
+        numbers = result.metrics
+        if "relative_improvement" in numbers:
+            m.last_improvement.labels(base_model=base_model).set(numbers["relative_improvement"])
+        if result.status == "promoted":
+            m.active_version.labels(base_model=base_model).set(result.active_version or 0)
+            if "eval_loss_candidate" in numbers:
+                m.active_eval_loss.labels(base_model=base_model).set(numbers["eval_loss_candidate"])
+            if "perplexity_candidate" in numbers:
+                m.active_perplexity.labels(base_model=base_model).set(
+                    numbers["perplexity_candidate"]
+                )
+    except Exception:  # metrics must never fail a job
+        log.exception("could not record training metrics")
+
+
+def _label(version: int | None) -> str:
+    return "base model" if version is None else version_name(version)
+
+
+class _Job:
+    """The state of one job while it runs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        trigger: TrainingTrigger,
+        metrics: TrainingMetrics,
+        on_progress: ProgressFn | None,
+    ) -> None:
+        self.settings = settings
+        self.ts: TrainingSettings = settings.training
+        self.trigger = trigger
+        self.metrics = metrics
+        self.on_progress = on_progress
+        self.started_at = utcnow()
+        self.timer = _Timer()
+
+    def result(self, status: Status, reason: str, **fields: Any) -> TrainingResult:
+        """A result of this job with its durations so far."""
+        return TrainingResult(
+            trigger_id=self.trigger.trigger_id,
+            base_model=self.trigger.base_model,
+            status=status,
+            reason=reason,
+            durations_s=self.timer.finish(),
+            started_at=self.started_at,
+            finished_at=utcnow(),
+            **fields,
+        )
+
+    def run(self, registry: AdapterRegistry, prior: JobRecord | None) -> TrainingResult:
+        """Run the job under the registry's job lock; records its progress; never raises."""
+        self.registry = registry
+        self.record = JobRecord(
+            trigger_id=self.trigger.trigger_id,
+            state="running",
+            attempts=(prior.attempts + 1) if prior else 1,
+            started_at=self.started_at.isoformat(),
+        )
+        if prior is not None and prior.state == "registered":
+            self.record.candidate_version = prior.candidate_version
+            self.record.compared_with = prior.compared_with
+        registry.write_job(self.record)
+        try:
+            result = self._stages()
+        except SkipJob as skip:
+            result = self.result("skipped", str(skip))
+        except Exception as exc:
+            log.exception("training job %s failed", self.trigger.trigger_id)
+            result = self.result("failed", f"{type(exc).__name__}: {exc}")
+        self.record.state = "done"
+        self.record.result = result.model_dump(mode="json")
+        registry.write_job(self.record)
+        shutil.rmtree(registry.run_dir(self.trigger.trigger_id), ignore_errors=True)
+        return result
+
+    def _stages(self) -> TrainingResult:
+        registry, ts, trigger = self.registry, self.ts, self.trigger
+        resumed = self._resume()
+        if resumed is not None:
+            return resumed
+
+        from trainers.data import prepare_dataset
+
+        dataset = self.settings.dataset_path
+        if not dataset.exists():
+            raise SkipJob(f"skipped: no dataset at {dataset}")
+        run_dir = registry.run_dir(trigger.trigger_id)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with self.timer.stage("snapshot"):
+            data = prepare_dataset(dataset, run_dir, eval_fraction=ts.eval_fraction, seed=ts.seed)
+        if len(data.train) < ts.min_train_examples or len(data.eval) < ts.min_eval_examples:
+            raise SkipJob(
+                f"skipped: {len(data.train)} train / {len(data.eval)} eval examples after "
+                f"deduplication and the split by query (need >= {ts.min_train_examples} / "
+                f">= {ts.min_eval_examples}; dataset {data.lineage.lines} lines, "
+                f"{data.lineage.duplicates} duplicates, {data.lineage.invalid_lines} invalid)"
+            )
+
+        from trainers.evaluate import evaluate_adapters
+        from trainers.train import TrainConfig, main
+
+        with self.timer.stage("train"):
+            run = main(
+                TrainConfig(
+                    base_model=trigger.base_model,
+                    output_dir=run_dir / "adapter",
+                    train=[e.messages for e in data.train],
+                    settings=ts,
+                    on_progress=self.on_progress,
+                )
+            )
+        compared_with = registry.active_version()
+        with self.timer.stage("evaluate"):
+            evals = evaluate_adapters(
+                trigger.base_model,
+                [e.messages for e in data.eval],
+                {"active": registry.active_path(), "candidate": run.adapter_dir},
+                ts,
+            )
+        active, candidate = evals["active"], evals["candidate"]
+        numbers: dict[str, float] = {
+            "eval_loss_active": active.loss,
+            "eval_loss_candidate": candidate.loss,
+            "perplexity_active": active.perplexity,
+            "perplexity_candidate": candidate.perplexity,
+            "eval_tokens": float(candidate.tokens),
+            **run.metrics(),
+        }
+        config = {
+            "trigger_id": trigger.trigger_id,
+            "reasons": [str(r) for r in trigger.reasons],
+            "compared_with": compared_with,
+            "loss_on": run.loss_on,
+            "device": run.device,
+            "bf16": run.bf16,
+            "settings": ts.model_dump(mode="json"),
+        }
+        with self.timer.stage("register"):
+            version = registry.register(
+                run.adapter_dir,
+                metrics=numbers,
+                lineage=data.lineage.to_dict(),
+                config=config,
+                extra_files={"dataset.jsonl": data.snapshot.path},
+            )
+            self.record.state = "registered"
+            self.record.candidate_version = version
+            self.record.compared_with = compared_with
+            registry.write_job(self.record)
+        return self._decide(
+            version,
+            compared_with,
+            numbers,
+            dataset_hash=data.snapshot.sha256,
+            train_examples=len(data.train),
+            eval_examples=len(data.eval),
+        )
+
+    def _resume(self) -> TrainingResult | None:
+        """Finish a crashed attempt's registered candidate, if its decision can still be made."""
+        version = self.record.candidate_version
+        if version is None:
+            return None
+        if self.registry.active_version() != self.record.compared_with:
+            log.info("the active version changed since the crashed attempt: training again")
+            return None
+        try:
+            info = self.registry.show(version)
+        except RegistryError:
+            return None
+        if not {"eval_loss_active", "eval_loss_candidate"} <= info.metrics.keys():
+            return None
+        log.info(
+            "trigger %s: resuming at the decision for registered %s",
+            self.trigger.trigger_id,
+            version_name(version),
+        )
+        lineage = info.lineage
+        return self._decide(
+            version,
+            self.record.compared_with,
+            {k: float(v) for k, v in info.metrics.items()},
+            dataset_hash=lineage.get("dataset_hash"),
+            train_examples=int(lineage.get("train_examples", 0)),
+            eval_examples=int(lineage.get("eval_examples", 0)),
+        )
+
+    def _decide(
+        self,
+        version: int,
+        compared_with: int | None,
+        metrics: dict[str, float],
+        **counts: Any,
+    ) -> TrainingResult:
+        ts, trigger, registry = self.ts, self.trigger, self.registry
+        label = (
+            f"the active adapter {version_name(compared_with)}"
+            if compared_with is not None
+            else "the base model (no active adapter)"
+        )
+        decision = decide(
+            metrics["eval_loss_active"],
+            metrics["eval_loss_candidate"],
+            counts["eval_examples"],
+            min_improvement=ts.min_improvement,
+            min_eval_examples=ts.min_eval_examples,
+            active_label=label,
+        )
+        numbers = {**metrics, "relative_improvement": decision.relative_improvement}
+        now_active = registry.active_version()
+        if decision.promote and now_active != compared_with:
+            # Someone activated another version (CLI) while this one trained: the comparison
+            # is stale, so the operator's choice stands.
+            decision = Decision(
+                False,
+                f"rejected: the active version changed during the job "
+                f"({_label(compared_with)} -> {_label(now_active)}); {decision.reason}",
+                decision.relative_improvement,
+            )
+        registry.record_decision(
+            version,
+            {
+                "promote": decision.promote,
+                "reason": decision.reason,
+                "relative_improvement": decision.relative_improvement,
+                "compared_with": compared_with,
+                "trigger_id": trigger.trigger_id,
+                "at": utcnow().isoformat(),
+            },
+        )
+        if not decision.promote:
+            return self.result(
+                "rejected",
+                decision.reason,
+                candidate_version=version,
+                active_version=now_active,
+                metrics=numbers,
+                **counts,
+            )
+
+        with self.timer.stage("activate"):
+            registry.activate(version, reason=f"trigger {trigger.trigger_id}: promoted")
+        reason = f"{decision.reason}; now active: {version_name(version)}"
+        if ts.vllm_servers or ts.webhooks:
+            from trainers.hotswap import Notice, notify_all, served_path, summarize
+
+            with self.timer.stage("hotswap"):
+                outcomes = notify_all(
+                    ts,
+                    Notice(
+                        base_model=trigger.base_model,
+                        version=version,
+                        path=served_path(ts, registry.root, registry.version_dir(version)),
+                        lora_name=ts.lora_name,
+                        metrics=numbers,
+                    ),
+                )
+            for outcome in outcomes:
+                self.metrics.hotswap.labels(
+                    kind=outcome.kind, outcome="ok" if outcome.ok else "failed"
+                ).inc()
+            numbers["hotswap_failures"] = float(sum(not o.ok for o in outcomes))
+            reason = f"{reason}; {summarize(outcomes)}"
+        return self.result(
+            "promoted",
+            reason,
+            candidate_version=version,
+            active_version=version,
+            metrics=numbers,
+            **counts,
+        )
