@@ -66,6 +66,10 @@ class ExtractSettings(BaseModel):
     concurrency: int = Field(
         default=4, ge=1, le=64, description="Candidates extracted in parallel per batch."
     )
+    batch_size: int = Field(default=16, ge=1, description="Candidates taken per agent batch.")
+    batch_within_s: float = Field(
+        default=0.5, gt=0, description="Longest wait to fill a batch of candidates."
+    )
     merge_threshold: float = Field(
         default=0.95,
         ge=0.5,

@@ -20,6 +20,7 @@ applies the feedback of those listing ``patterns_used``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -90,8 +91,12 @@ class ExtractionStage:
         extractor: Extractor,
         metrics: ExtractMetrics,
         stream_metrics: StreamMetrics | None = None,
+        vector_lock: threading.Lock | None = None,
     ) -> None:
         self.settings = settings
+        # Held around every use of the Qdrant client; share it with other stages of the process
+        # (Qdrant local mode is not safe for concurrent use from several threads).
+        self.vector_lock = vector_lock or threading.Lock()
         self.embedder = embedder
         self.store = store
         self.dataset = dataset
@@ -109,6 +114,7 @@ class ExtractionStage:
         embedder: Embedder,
         client: QdrantClient,
         registry: CollectorRegistry | None = None,
+        vector_lock: threading.Lock | None = None,
     ) -> ExtractionStage:
         """The stage wired from settings: store (collections ensured), open dataset, extractor."""
         metrics = ExtractMetrics.on(registry)
@@ -126,6 +132,7 @@ class ExtractionStage:
             extractor=Extractor(settings.extract, metrics),
             metrics=metrics,
             stream_metrics=StreamMetrics.on(registry),
+            vector_lock=vector_lock,
         )
 
     def close(self) -> None:
@@ -154,7 +161,8 @@ class ExtractionStage:
         if not candidates:
             return []
         t = time.perf_counter()
-        known = self.store.find_by_events([c.event_id for c in candidates])
+        with self.vector_lock:
+            known = self.store.find_by_events([c.event_id for c in candidates])
         first_index: dict[str, int] = {}
         todo: list[int] = []
         for n, c in enumerate(candidates):
@@ -180,6 +188,37 @@ class ExtractionStage:
         results: list[ExtractionResult | None] = [None] * len(candidates)
         examples: list[tuple[int, DatasetExample]] = []
         system = self.settings.extract.system_prompt
+        with self.vector_lock:
+            self._store_all(
+                candidates=candidates,
+                extracted=extracted,
+                vector_of=vector_of,
+                known=known,
+                results=results,
+                examples=examples,
+                system=system,
+            )
+        t = self._timed("store", t)
+
+        written = self.dataset.append([e for _, e in examples]) if examples else []
+        for (n, _), ok in zip(examples, written, strict=True):
+            r = results[n]
+            if ok and r is not None:
+                results[n] = replace(r, dataset_written=True)
+        self._timed("dataset", t)
+        return [r for r in results if r is not None]
+
+    def _store_all(
+        self,
+        *,
+        candidates: Sequence[ScoredInteraction],
+        extracted: dict[int, Extraction],
+        vector_of: dict[int, Any],
+        known: dict[str, Pattern],
+        results: list[ExtractionResult | None],
+        examples: list[tuple[int, DatasetExample]],
+        system: str,
+    ) -> None:
         for n, candidate in enumerate(candidates):
             event_id = candidate.event_id
             if n in extracted:
@@ -206,15 +245,6 @@ class ExtractionStage:
                 llm_error=error,
                 similarity=similarity,
             )
-        t = self._timed("store", t)
-
-        written = self.dataset.append([e for _, e in examples]) if examples else []
-        for (n, _), ok in zip(examples, written, strict=True):
-            r = results[n]
-            if ok and r is not None:
-                results[n] = replace(r, dataset_written=True)
-        self._timed("dataset", t)
-        return [r for r in results if r is not None]
 
     @staticmethod
     def _stored_for_repeat(
@@ -230,7 +260,8 @@ class ExtractionStage:
     def apply_feedback(self, scored: Sequence[ScoredInteraction]) -> list[FeedbackResult]:
         """Apply pattern feedback from interactions listing ``patterns_used`` (idempotent)."""
         results: list[FeedbackResult] = []
-        for s in scored:
-            for signal in signals_from(s):
-                results.append(self.store.apply_feedback(signal))
+        signals = [signal for s in scored for signal in signals_from(s)]
+        if signals:
+            with self.vector_lock:
+                results = [self.store.apply_feedback(signal) for signal in signals]
         return results

@@ -335,10 +335,11 @@ def gateway(obj: Context, host: str | None, port: int | None) -> None:
 @cli.command()
 @click.option(
     "--web-port",
-    default=6066,
+    default=None,
+    envvar="LEARNSTREAM_WORKER__WEB_PORT",
     show_envvar=True,
     type=int,
-    help="Faust web server port (also serves /metrics); 0 picks a free one.",
+    help="Web server port: /metrics, /healthz, /api/v1/... (default 6066); 0 picks a free one.",
 )
 @click.option(
     "--loglevel",
@@ -347,8 +348,12 @@ def gateway(obj: Context, host: str | None, port: int | None) -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @pass_ctx
-def worker(obj: Context, web_port: int, loglevel: str) -> None:
-    """Run the Faust worker: the `score` agent (and the later stages) on the telemetry topics.
+def worker(obj: Context, web_port: int | None, loglevel: str) -> None:
+    """Run the Faust worker: the `score`, `extract` and `triggers` agents.
+
+    score: telemetry.* -> interactions.scored, patterns.candidates; extract:
+    patterns.candidates -> Qdrant skills-patterns, JSONL dataset, patterns.learned; triggers:
+    learnings, outcomes and results -> training.triggers (plus the /api/v1/ HTTP API).
 
     Start as many as you like with the same settings: they share the partitions of one
     consumer group (partition count is the ceiling of parallelism).
@@ -371,6 +376,113 @@ def sink(obj: Context) -> None:
 
     obj.kafka_config()
     run_sink(obj.settings)
+
+
+@cli.command()
+@pass_ctx
+def trainer(obj: Context) -> None:
+    """Run the trainer consumer: training.triggers -> LoRA fine-tune -> evaluate -> promote?
+
+    One job at a time per base model; the partition is paused while a job runs, so an hour-long
+    job neither loses the partition nor runs twice. Results go to training.results.
+    """
+    from consumers.trainer import run_trainer
+
+    obj.kafka_config()
+    run_trainer(obj.settings)
+
+
+# --- patterns and dataset -------------------------------------------------------------------
+
+
+@cli.group()
+def patterns() -> None:
+    """Skill patterns in Qdrant (skills-patterns)."""
+
+
+@patterns.command("search")
+@click.argument("text")
+@click.option("--limit", default=5, show_envvar=True, type=click.IntRange(1, 100))
+@pass_ctx
+def patterns_search(obj: Context, text: str, limit: int) -> None:
+    """Patterns most similar to TEXT (cosine)."""
+    from extractors.commands import search_patterns
+
+    search_patterns(obj.settings, text, limit, echo=click.echo)
+
+
+@patterns.command("top")
+@click.option("--limit", default=10, show_envvar=True, type=click.IntRange(1, 1000))
+@pass_ctx
+def patterns_top(obj: Context, limit: int) -> None:
+    """The most used and trusted patterns."""
+    from extractors.commands import top_patterns
+
+    top_patterns(obj.settings, limit, echo=click.echo)
+
+
+@cli.group()
+def dataset() -> None:
+    """The JSONL fine-tuning dataset."""
+
+
+@dataset.command("stats")
+@pass_ctx
+def dataset_stats(obj: Context) -> None:
+    """Lines, bytes, examples per source and tag."""
+    from extractors.dataset import stats
+    from extractors.stage import dataset_path
+
+    path = dataset_path(obj.settings)
+    click.echo(json.dumps({"path": str(path), **stats(path).to_dict()}, indent=2))
+
+
+@dataset.command("validate")
+@click.option("--tokenizer", default=None, help="Tokenizer name or path for token lengths.")
+@click.option("--max-tokens", default=None, type=int, help="Longest allowed example.")
+@pass_ctx
+def dataset_validate(obj: Context, tokenizer: str | None, max_tokens: int | None) -> None:
+    """Check every line: JSON, roles, non-empty content, metadata, token length."""
+    from extractors.dataset import validate
+    from extractors.stage import dataset_path
+
+    tok = None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    report = validate(dataset_path(obj.settings), tokenizer=tok, max_tokens=max_tokens)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+# --- training loop --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--url", default=None, show_envvar=True, help="Worker web URL (default: local).")
+@pass_ctx
+def status(obj: Context, url: str | None) -> None:
+    """Improvement status from a running worker: learnings, last training, should_trigger."""
+    from learnstream.api_client import get_json
+
+    click.echo(json.dumps(get_json(obj.settings, "/api/v1/improvement/status", url), indent=2))
+
+
+@cli.command()
+@click.option("--url", default=None, show_envvar=True, help="Worker web URL (default: local).")
+@click.option("--reason", default="manual", show_envvar=True, help="Why (recorded).")
+@click.option("--base-model", default=None, show_envvar=True, help="Default: the settings'.")
+@pass_ctx
+def trigger(obj: Context, url: str | None, reason: str, base_model: str | None) -> None:
+    """Request a training run now (a manual trigger), through a running worker."""
+    from learnstream.api_client import post_json
+
+    body = {"reason": reason, "base_model": base_model or obj.settings.base_model}
+    click.echo(
+        json.dumps(post_json(obj.settings, "/api/v1/improvement/trigger", body, url), indent=2)
+    )
 
 
 # --- schemas --------------------------------------------------------------------------------
@@ -427,6 +539,15 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
     from learnstream.demo import run_demo
 
     run_demo(obj.settings, examples=examples, schemas_dir=schemas_dir, echo=click.echo)
+
+
+def _register_plugins() -> None:
+    from trainers.commands import adapters
+
+    cli.add_command(adapters)
+
+
+_register_plugins()
 
 
 def main() -> None:

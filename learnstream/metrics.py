@@ -6,7 +6,14 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 
 from learnstream.settings import Settings
 
@@ -43,6 +50,9 @@ class StreamMetrics:
     stage_seconds: Histogram
     embedding_cache_hits: Counter
     embedding_cache_misses: Counter
+    learnings_since_training: Gauge
+    training_triggers: Counter
+    window_success_rate: Gauge
 
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> StreamMetrics:
@@ -100,5 +110,23 @@ class StreamMetrics:
             ),
             embedding_cache_misses=Counter(
                 p + "embedding_cache_misses", "Embedding cache misses", registry=r
+            ),
+            learnings_since_training=Gauge(
+                p + "learnings_since_training",
+                "Learnings since the last training run",
+                ["base_model"],
+                registry=r,
+            ),
+            training_triggers=Counter(
+                p + "training_triggers",
+                "Training triggers emitted, by reason",
+                ["base_model", "reason"],
+                registry=r,
+            ),
+            window_success_rate=Gauge(
+                p + "window_success_rate",
+                "Success rate over the recent scored interactions (the quality rule's window)",
+                ["base_model"],
+                registry=r,
             ),
         )

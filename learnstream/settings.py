@@ -120,7 +120,16 @@ class TriggerSettings(Group):
     success_window: int = Field(default=200, ge=1)
     success_min_samples: int = Field(default=50, ge=1)
     quality_cooldown_hours: float = Field(default=24.0, ge=0)
-    min_dataset_size: int = Field(default=50, ge=0)
+    min_dataset_size: int = Field(default=50, ge=0, description="Learnings before the first run.")
+    pending_timeout_hours: float = Field(
+        default=24.0, gt=0, description="After this, a trigger without a result may fire again."
+    )
+    retry_cooldown_hours: float = Field(
+        default=1.0, ge=0, description="After a failed or skipped run, automatic rules wait."
+    )
+    check_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the worker checks the time rule."
+    )
 
 
 class ProducerSettings(Group):
@@ -144,6 +153,12 @@ class WorkerSettings(Group):
         min_length=1,
         description="Faust app id = consumer group; workers with the same id share partitions.",
     )
+    web_port: int = Field(
+        default=6066, ge=0, le=65535, description="Web server: /metrics, /healthz, /api/v1/..."
+    )
+    web_bind: str = Field(default="0.0.0.0", description="Address the web server listens on.")
+    extract: bool = Field(default=True, description="Run the `extract` agent in this worker.")
+    triggers: bool = Field(default=True, description="Run the `triggers` agent in this worker.")
 
 
 class GatewaySettings(Group):

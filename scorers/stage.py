@@ -7,6 +7,7 @@ moves records in and out, and runs this in a worker thread.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -63,6 +64,9 @@ class ScoringStage:
         self.embedder = embedder
         self.vectors = vectors
         self.metrics = metrics
+        # Held around every use of the Qdrant client; shared with the other stages of the
+        # process (Qdrant local mode is not safe for concurrent use from several threads).
+        self.vector_lock = threading.Lock()
 
     def _timed(self, step: str, started: float) -> float:
         now = time.perf_counter()
@@ -132,7 +136,9 @@ class ScoringStage:
             HistoryPoint(i.event_id, i.timestamp, vec, i.source.value, i.query or "")
             for i, vec in zip(todo, vectors, strict=True)
         ]
-        found = dict(zip((p.event_id for p in points), self.vectors.lookup(points), strict=True))
+        with self.vector_lock:
+            looked_up = self.vectors.lookup(points)
+        found = dict(zip((p.event_id for p in points), looked_up, strict=True))
         t = self._timed("lookup", t)
         weights, threshold = self.settings.score.weights, self.settings.score.threshold
         result = BatchResult(dead=dead)
@@ -151,6 +157,7 @@ class ScoringStage:
                 if scored.high_value:
                     self.metrics.high_value.labels(src).inc()
         t = self._timed("score", t)
-        self.vectors.remember(points)
+        with self.vector_lock:
+            self.vectors.remember(points)
         self._timed("remember", t)
         return result

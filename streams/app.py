@@ -13,7 +13,7 @@ import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -24,6 +24,9 @@ from learnstream.settings import Settings
 from scorers.embeddings import Embedder
 from scorers.stage import ScoringStage
 from scorers.vectors import VectorLookups, ensure_collections, qdrant_client
+
+if TYPE_CHECKING:
+    from extractors.stage import ExtractionStage
 
 log = logging.getLogger("learnstream.worker")
 
@@ -37,6 +40,8 @@ class StreamContext:
     metrics: StreamMetrics
     stage: ScoringStage
     executor: ThreadPoolExecutor
+    extraction: ExtractionStage | None = None
+    extract_executor: ThreadPoolExecutor | None = None
 
 
 def free_port() -> int:
@@ -87,9 +92,18 @@ def build_context(settings: Settings, registry: CollectorRegistry | None = None)
     client = qdrant_client(settings)
     ensure_collections(client, settings.embedding.dimensions)
     stage = ScoringStage(settings, embedder, VectorLookups(client), metrics)
-    # One thread: model and local-mode Qdrant are used by one batch at a time, in order.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
-    return StreamContext(settings, registry, metrics, stage, executor)
+    # One thread per stage: each stage handles one batch at a time, in order; stages share
+    # the Qdrant client under one lock.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
+    ctx = StreamContext(settings, registry, metrics, stage, executor)
+    if settings.worker.extract:
+        from extractors.stage import ExtractionStage
+
+        ctx.extraction = ExtractionStage.create(
+            settings, embedder, client, registry, vector_lock=stage.vector_lock
+        )
+        ctx.extract_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract")
+    return ctx
 
 
 def create_app(
@@ -97,7 +111,7 @@ def create_app(
     *,
     context: StreamContext | None = None,
     registry: CollectorRegistry | None = None,
-    web_port: int = 6066,
+    web_port: int | None = None,
     web_enabled: bool = True,
 ) -> faust.App:
     """The Faust app with every agent registered."""
@@ -105,6 +119,8 @@ def create_app(
 
     ctx = context or build_context(settings, registry)
     dev = is_dev_broker(settings)
+    if web_port is None:
+        web_port = settings.worker.web_port
     if web_port == 0:  # Faust wants a real port number
         web_port = free_port()
     if dev:
@@ -120,7 +136,7 @@ def create_app(
         store="memory://",
         web_enabled=web_enabled,
         web_port=web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.worker.web_bind,
         producer_linger=0.005,
         producer_compression_type="lz4" if not dev else None,
         consumer_auto_offset_reset="earliest",
@@ -143,14 +159,18 @@ def create_app(
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
 
-    from streams.agents import score
+    from streams.agents import extract, score, triggers
 
     score.register(app, ctx)
+    if ctx.extraction is not None:
+        extract.register(app, ctx)
+    if settings.worker.triggers:
+        triggers.register(app, ctx)
     app.learnstream_context = ctx  # type: ignore[attr-defined]
     return app
 
 
-def run_worker(settings: Settings, *, web_port: int = 6066, loglevel: str = "info") -> None:
+def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:
     """Run a Faust worker until SIGINT/SIGTERM."""
     app = create_app(settings, web_port=web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

@@ -8,7 +8,7 @@ import base64
 from typing import TYPE_CHECKING, Any
 
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
-from scorers.stage import RawRecord
+from scorers.stage import BatchResult, RawRecord
 
 if TYPE_CHECKING:
     import faust
@@ -33,6 +33,13 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
     )
     dlq_topic = app.topic(DLQ.name, key_serializer="raw", value_serializer="raw")
     score_conf = ctx.settings.score
+    extraction = ctx.extraction
+
+    def process(records: list[RawRecord]) -> BatchResult:
+        result = ctx.stage.process(records)
+        if extraction is not None:  # patterns_used feedback updates the patterns' confidence
+            extraction.apply_feedback(result.scored)
+        return result
 
     @app.agent(source_topics, name="score")
     async def score(stream: Any) -> None:
@@ -50,7 +57,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
                 )
                 for e in events
             ]
-            result = await loop.run_in_executor(ctx.executor, ctx.stage.process, records)
+            result = await loop.run_in_executor(ctx.executor, process, records)
             sends = []
             for scored in result.scored:
                 i = scored.interaction

@@ -1,0 +1,333 @@
+"""The `triggers` agents: learnings, outcomes and results in, `training.triggers` out.
+
+The rules live in `trainers.triggers` (pure); this module only moves data:
+
+- `improvement-learned` forwards each `patterns.learned` record, `improvement-outcomes` each
+  scored interaction with a known outcome, and `improvement-results` each `training.results`
+  record to the internal topic ``<app id>-improvement`` keyed by base model (so one base
+  model's state lives on one partition, in order);
+- a timer sends a ``tick`` there every ``LEARNSTREAM_TRIGGERS__CHECK_INTERVAL_S`` (time rule);
+- ``POST /api/v1/improvement/trigger`` sends a ``manual`` request there;
+- `triggers` folds each of them into the base model's `ImprovementState`, kept in the
+  changelogged table ``improvement``, and emits a `TrainingTrigger` when a rule fires.
+
+HTTP (the worker's web server): ``GET /api/v1/improvement/status``,
+``POST /api/v1/improvement/trigger``, ``GET /api/v1/feedback/statistics``,
+``GET /api/v1/patterns/top``, ``GET /api/v1/learnings/recent``; each takes
+``?base_model=`` (default: ``LEARNSTREAM_BASE_MODEL``). The state is answered by the worker
+that owns the base model's partition; others redirect there or say they do not hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from schemas.interaction import Outcome, ScoredInteraction
+from schemas.pattern import LearnedPattern
+from schemas.topics import (
+    INTERACTIONS_SCORED,
+    PATTERNS_LEARNED,
+    TRAINING_RESULTS,
+    TRAINING_TRIGGERS,
+)
+from schemas.training import TrainingResult
+from trainers.triggers import ImprovementEvent, ImprovementState, evaluate, step
+
+if TYPE_CHECKING:
+    import faust
+
+    from learnstream.settings import Settings
+    from streams.app import StreamContext
+
+log = logging.getLogger("learnstream.triggers")
+JSON = b"application/json"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def register(app: faust.App, ctx: StreamContext) -> Any:
+    """Attach the trigger agents, timer and HTTP API to ``app``."""
+    import faust
+
+    settings = ctx.settings
+    cfg = settings.triggers
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    internal = app.topic(
+        f"{settings.worker.app_id}-improvement",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=1,
+        internal=True,
+        **raw,
+    )
+    table = app.Table(
+        "improvement",
+        partitions=1,
+        schema=faust.Schema(key_type=str, value_type=str, **raw),
+    )
+    triggers_topic = app.topic(TRAINING_TRIGGERS.name, **raw)
+
+    async def forward(event: ImprovementEvent) -> None:
+        await internal.send(key=event.base_model.encode(), value=event.model_dump_json().encode())
+
+    register_forwarders(app, settings, forward)
+
+    def observe(state: ImprovementState) -> None:
+        ctx.metrics.learnings_since_training.labels(state.base_model).set(
+            state.learnings_since_training
+        )
+        if state.success_rate is not None:
+            ctx.metrics.window_success_rate.labels(state.base_model).set(state.success_rate)
+
+    @app.agent(internal, name="triggers")
+    async def triggers(stream: Any) -> None:
+        async for value in stream:
+            try:
+                event = ImprovementEvent.model_validate_json(value)
+            except ValidationError as exc:
+                log.warning("skipping an invalid improvement event: %s", exc.errors()[0])
+                continue
+            state = load(table, event.base_model)
+            trigger, why = step(state, event, cfg)
+            table[event.base_model] = state.model_dump_json()
+            observe(state)
+            if trigger is None:
+                if event.kind == "manual":
+                    log.info("%s: %s", event.base_model, why)
+                continue
+            for reason in trigger.reasons:
+                ctx.metrics.training_triggers.labels(trigger.base_model, reason.value).inc()
+            log.info(
+                "training trigger %s for %s: %s",
+                trigger.trigger_id,
+                trigger.base_model,
+                trigger.detail,
+            )
+            await triggers_topic.send(
+                key=trigger.base_model.encode(),
+                value=trigger.model_dump_json().encode(),
+                headers=[
+                    ("source", b"triggers"),
+                    ("event_type", b"training_trigger"),
+                    ("schema_version", str(trigger.schema_version).encode()),
+                    ("content-type", JSON),
+                ],
+            )
+
+    @app.timer(interval=cfg.check_interval_s)
+    async def tick() -> None:
+        await forward(ImprovementEvent(kind="tick", base_model=settings.base_model, at=_now()))
+
+    register_api(app, ctx, table, forward)
+    return triggers
+
+
+def register_forwarders(
+    app: faust.App, settings: Settings, forward: Callable[[ImprovementEvent], Awaitable[None]]
+) -> None:
+    """Agents that turn learnings, outcomes and results into improvement events."""
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, **raw)
+
+    @app.agent(raw_topic(PATTERNS_LEARNED.name), name="improvement-learned")
+    async def learned(stream: Any) -> None:
+        async for value in stream:
+            try:
+                record = LearnedPattern.model_validate_json(value)
+            except ValidationError as exc:
+                log.warning("skipping an invalid patterns.learned record: %s", exc.errors()[0])
+                continue
+            await forward(
+                ImprovementEvent(
+                    kind="learning",
+                    base_model=record.base_model or settings.base_model,
+                    at=record.learned_at,
+                    event_id=f"{record.event_id}/{record.pattern.pattern_id}",
+                    pattern_id=record.pattern.pattern_id,
+                    pattern_name=record.pattern.name,
+                    status=record.status,
+                )
+            )
+
+    @app.agent(raw_topic(INTERACTIONS_SCORED.name), name="improvement-outcomes")
+    async def outcomes(stream: Any) -> None:
+        async for value in stream:
+            try:
+                scored = ScoredInteraction.model_validate_json(value)
+            except ValidationError:
+                continue  # the sink dead-letters invalid scored records
+            i = scored.interaction
+            if not i.scorable or i.outcome is Outcome.UNKNOWN:
+                continue
+            await forward(
+                ImprovementEvent(
+                    kind="outcome",
+                    base_model=settings.base_model,
+                    at=i.timestamp,
+                    event_id=i.event_id,
+                    success=i.outcome is Outcome.SUCCESS,
+                )
+            )
+
+    @app.agent(raw_topic(TRAINING_RESULTS.name), name="improvement-results")
+    async def results(stream: Any) -> None:
+        async for value in stream:
+            try:
+                result = TrainingResult.model_validate_json(value)
+            except ValidationError as exc:
+                log.warning("skipping an invalid training.results record: %s", exc.errors()[0])
+                continue
+            await forward(
+                ImprovementEvent(
+                    kind="result", base_model=result.base_model, at=_now(), result=result
+                )
+            )
+
+
+def load(table: Any, base_model: str) -> ImprovementState:
+    """A base model's state from the table (a fresh one if none)."""
+    stored = table.get(base_model)
+    if stored is None:
+        return ImprovementState(base_model=base_model)
+    return ImprovementState.model_validate_json(stored)
+
+
+def register_api(
+    app: faust.App,
+    ctx: StreamContext,
+    table: Any,
+    forward: Callable[[ImprovementEvent], Awaitable[None]],
+) -> None:
+    """The improvement HTTP API on the worker's web server."""
+    settings = ctx.settings
+    cfg = settings.triggers
+
+    def base_model_of(request: Any) -> str:
+        return str(request.query.get("base_model") or settings.base_model)
+
+    def limit_of(request: Any, default: int) -> int:
+        try:
+            return max(1, min(1000, int(request.query.get("limit", default))))
+        except ValueError:
+            return default
+
+    def holds(base_model: str) -> bool:
+        return table.get(base_model) is not None
+
+    def not_here(web: Any, base_model: str) -> Any:
+        return web.json(
+            {
+                "base_model": base_model,
+                "error": "no improvement state for this base model on this worker (another "
+                "worker of the group may own its partition, or nothing was learned yet)",
+            },
+            status=404,
+        )
+
+    @app.page("/api/v1/improvement/status")
+    async def status(web: Any, request: Any) -> Any:
+        base_model = base_model_of(request)
+        if not holds(base_model):
+            return not_here(web, base_model)
+        state = load(table, base_model)
+        decision = evaluate(state, _now(), cfg)
+        body = json.loads(state.model_dump_json(exclude={"seen_event_ids", "recent_learnings"}))
+        body.update(
+            should_trigger=decision.fire,
+            reason=decision.detail,
+            reasons=[r.value for r in decision.reasons],
+            success_rate=state.success_rate,
+            window_size=len(state.outcomes),
+        )
+        body.pop("outcomes", None)
+        return web.json(body)
+
+    @app.page("/api/v1/improvement/trigger")
+    async def manual(web: Any, request: Any) -> Any:
+        if request.method != "POST":
+            return web.json({"error": "use POST"}, status=405)
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json({"error": "the body must be JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json({"error": "the body must be a JSON object"}, status=400)
+        base_model = str(body.get("base_model") or base_model_of(request))
+        request_id = f"manual-{uuid.uuid4()}"
+        await forward(
+            ImprovementEvent(
+                kind="manual",
+                base_model=base_model,
+                at=_now(),
+                requested_by=str(body.get("requested_by") or request_id),
+                detail=str(body.get("reason") or "manual trigger"),
+            )
+        )
+        return web.json(
+            {"accepted": True, "base_model": base_model, "request_id": request_id}, status=202
+        )
+
+    @app.page("/api/v1/feedback/statistics")
+    async def feedback(web: Any, request: Any) -> Any:
+        base_model = base_model_of(request)
+        if not holds(base_model):
+            return not_here(web, base_model)
+        state = load(table, base_model)
+        window = state.window
+        return web.json(
+            {
+                "base_model": base_model,
+                "scored_total": state.scored_total,
+                "successes_total": state.successes_total,
+                "success_rate_total": (
+                    state.successes_total / state.scored_total if state.scored_total else None
+                ),
+                "window_size": len(window),
+                "window_successes": sum(window),
+                "window_success_rate": state.success_rate,
+                "threshold": cfg.success_rate_threshold,
+                "min_samples": cfg.success_min_samples,
+            }
+        )
+
+    @app.page("/api/v1/learnings/recent")
+    async def recent(web: Any, request: Any) -> Any:
+        base_model = base_model_of(request)
+        if not holds(base_model):
+            return not_here(web, base_model)
+        state = load(table, base_model)
+        items = state.recent_learnings[: limit_of(request, 20)]
+        return web.json(
+            {
+                "base_model": base_model,
+                "learnings_total": state.learnings_total,
+                "learnings_since_training": state.learnings_since_training,
+                "recent": [json.loads(r.model_dump_json()) for r in items],
+            }
+        )
+
+    @app.page("/api/v1/patterns/top")
+    async def top(web: Any, request: Any) -> Any:
+        stage = ctx.extraction
+        if stage is None:
+            return web.json({"error": "this worker does not run the extract agent"}, status=404)
+        limit = limit_of(request, 10)
+
+        def best() -> list[Any]:
+            with stage.vector_lock:
+                return stage.store.top(limit=limit)
+
+        found = await asyncio.get_running_loop().run_in_executor(None, best)
+        return web.json({"patterns": [json.loads(p.model_dump_json()) for p in found]})

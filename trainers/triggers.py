@@ -1,0 +1,284 @@
+"""When to train: the improvement state per base model and the trigger rules, as pure functions.
+
+The `triggers` Faust agent keeps one `ImprovementState` per base model in a changelogged table
+and feeds it `ImprovementEvent`s (learnings, outcomes, results, manual requests, clock ticks);
+everything that decides lives here, so it is tested without a broker.
+
+Rules (any one fires, all configurable through ``LEARNSTREAM_TRIGGERS__*``):
+
+- **learnings**: at least ``learnings_threshold`` learnings since the last training;
+- **time**: at least ``max_days_between`` days since the last training (or, before the first
+  one, since the first learning) and at least one new learning;
+- **quality**: success rate over the last ``success_window`` scored interactions below
+  ``success_rate_threshold``, with at least ``success_min_samples`` in the window, and not within
+  ``quality_cooldown_hours`` of the last quality firing;
+- **manual**: on request (CLI or HTTP).
+
+Before the first training, the automatic rules also need ``min_dataset_size`` learnings in
+total (each learning appends one dataset example). After a firing, nothing fires again until
+that trigger's result arrives (or ``pending_timeout_hours`` pass), so redeliveries and restarts
+never cause a storm; trigger ids are deterministic (base model + firing sequence number), so a
+trigger re-emitted after a crash has the same id and the trainer recognizes it. A failed or
+skipped run holds automatic rules back for ``retry_cooldown_hours``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from learnstream.settings import TriggerSettings
+from schemas.base import UtcDatetime
+from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
+
+TRIGGER_NS = uuid.UUID("5d1f9a0e-7b7c-4c53-9f0e-2a4a9d0c6b11")
+RECENT_LEARNINGS = 20
+
+
+class ImprovementEvent(BaseModel):
+    """One input of the trigger agent, keyed by base model on the agent's internal topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["learning", "outcome", "result", "manual", "tick"]
+    base_model: str = Field(min_length=1)
+    at: UtcDatetime
+    event_id: str | None = None
+    success: bool | None = None
+    pattern_id: str | None = None
+    pattern_name: str | None = None
+    status: str | None = None
+    result: TrainingResult | None = None
+    requested_by: str | None = None
+    detail: str = ""
+
+
+class RecentLearning(BaseModel):
+    """A learning, as listed by ``/api/v1/learnings/recent``."""
+
+    pattern_id: str
+    name: str | None = None
+    status: str | None = None
+    event_id: str | None = None
+    at: UtcDatetime
+
+
+class ImprovementState(BaseModel):
+    """Durable improvement state of one base model (a value of the agent's table)."""
+
+    base_model: str
+    learnings_total: int = 0
+    learnings_since_training: int = 0
+    first_learning_at: UtcDatetime | None = None
+    last_learning_at: UtcDatetime | None = None
+    outcomes: str = Field(default="", description="Recent outcomes, oldest first: 1 ok, 0 not.")
+    scored_total: int = 0
+    successes_total: int = 0
+    last_training_at: UtcDatetime | None = None
+    last_quality_fire_at: UtcDatetime | None = None
+    retry_after: UtcDatetime | None = None
+    sequence: int = 0
+    pending_trigger_id: str | None = None
+    pending_since: UtcDatetime | None = None
+    pending_learnings: int = 0
+    last_trigger: TrainingTrigger | None = None
+    last_result: TrainingResult | None = None
+    runs: dict[str, int] = Field(default_factory=dict)
+    active_version: int | None = None
+    improvement_score: float | None = None
+    last_check: UtcDatetime | None = None
+    recent_learnings: list[RecentLearning] = Field(default_factory=list)
+    seen_event_ids: list[str] = Field(default_factory=list)
+
+    @property
+    def window(self) -> list[bool]:
+        """The recent outcomes as booleans."""
+        return [c == "1" for c in self.outcomes]
+
+    @property
+    def success_rate(self) -> float | None:
+        """Success rate over the window, or None when empty."""
+        return self.outcomes.count("1") / len(self.outcomes) if self.outcomes else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the rules say to train now, and why (or why not)."""
+
+    fire: bool
+    reasons: tuple[TriggerReason, ...]
+    detail: str
+
+
+SEEN_IDS_KEPT = 256  # recent learning/outcome ids, so a redelivered one is not counted twice
+
+
+def apply(state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings) -> None:
+    """Fold one event into the state (in place); ticks and manual requests change nothing."""
+    if event.kind in ("learning", "outcome") and event.event_id is not None:
+        marker = f"{event.kind[0]}:{event.event_id}"
+        if marker in state.seen_event_ids:
+            return  # a redelivered learning or outcome counts once
+        state.seen_event_ids = [*state.seen_event_ids, marker][-SEEN_IDS_KEPT:]
+    if event.kind == "learning":
+        state.learnings_total += 1
+        state.learnings_since_training += 1
+        state.first_learning_at = state.first_learning_at or event.at
+        state.last_learning_at = event.at
+        state.recent_learnings = [
+            RecentLearning(
+                pattern_id=event.pattern_id or "",
+                name=event.pattern_name,
+                status=event.status,
+                event_id=event.event_id,
+                at=event.at,
+            ),
+            *state.recent_learnings,
+        ][:RECENT_LEARNINGS]
+    elif event.kind == "outcome" and event.success is not None:
+        state.outcomes = (state.outcomes + ("1" if event.success else "0"))[-cfg.success_window :]
+        state.scored_total += 1
+        state.successes_total += int(event.success)
+    elif event.kind == "result" and event.result is not None:
+        _apply_result(state, event.result, cfg)
+
+
+def _apply_result(state: ImprovementState, result: TrainingResult, cfg: TriggerSettings) -> None:
+    if state.last_result is not None and state.last_result.trigger_id == result.trigger_id:
+        return  # a redelivered result
+    state.last_result = result
+    state.runs[result.status] = state.runs.get(result.status, 0) + 1
+    if result.trigger_id == state.pending_trigger_id:
+        fired_with = state.pending_learnings
+        state.pending_trigger_id = None
+        state.pending_since = None
+        state.pending_learnings = 0
+    else:
+        fired_with = 0
+    if result.status in ("promoted", "rejected"):
+        state.last_training_at = result.finished_at
+        state.learnings_since_training = max(0, state.learnings_since_training - fired_with)
+        state.retry_after = None
+    else:
+        state.retry_after = result.finished_at + timedelta(hours=cfg.retry_cooldown_hours)
+    if result.status == "promoted":
+        state.active_version = result.candidate_version
+        improvement = result.metrics.get("relative_improvement")
+        if improvement is not None:
+            state.improvement_score = float(improvement)
+    elif result.active_version is not None:
+        state.active_version = result.active_version
+
+
+def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> Decision:
+    """Apply the automatic rules to the state at time ``now`` (no side effects)."""
+    if state.pending_trigger_id is not None and state.pending_since is not None:
+        waited = now - state.pending_since
+        if waited < timedelta(hours=cfg.pending_timeout_hours):
+            return Decision(False, (), f"waiting for the result of {state.pending_trigger_id}")
+    if state.retry_after is not None and now < state.retry_after:
+        return Decision(False, (), f"last run did not train; retrying after {state.retry_after}")
+    if state.last_training_at is None and state.learnings_total < cfg.min_dataset_size:
+        return Decision(
+            False,
+            (),
+            f"first training needs {cfg.min_dataset_size} learnings, have {state.learnings_total}",
+        )
+    reasons: list[TriggerReason] = []
+    notes: list[str] = []
+    if state.learnings_since_training >= cfg.learnings_threshold:
+        reasons.append(TriggerReason.LEARNINGS)
+        notes.append(
+            f"{state.learnings_since_training} learnings since last training "
+            f"(>= {cfg.learnings_threshold})"
+        )
+    since = state.last_training_at or state.first_learning_at
+    if since is not None and state.learnings_since_training > 0:
+        days = (now - since).total_seconds() / 86400
+        if days >= cfg.max_days_between:
+            reasons.append(TriggerReason.TIME)
+            notes.append(f"{days:.1f} days since last training (>= {cfg.max_days_between})")
+    rate = state.success_rate
+    window = len(state.outcomes)
+    if rate is not None and window >= cfg.success_min_samples and rate < cfg.success_rate_threshold:
+        cooled = state.last_quality_fire_at is None or now - state.last_quality_fire_at >= (
+            timedelta(hours=cfg.quality_cooldown_hours)
+        )
+        if cooled:
+            reasons.append(TriggerReason.QUALITY)
+            notes.append(
+                f"success rate {rate:.3f} over the last {window} < {cfg.success_rate_threshold}"
+            )
+    if not reasons:
+        return Decision(False, (), "no rule fires")
+    return Decision(True, tuple(reasons), "; ".join(notes))
+
+
+def trigger_id(base_model: str, sequence: int) -> str:
+    """Deterministic id of a base model's n-th firing."""
+    return str(uuid.uuid5(TRIGGER_NS, f"{base_model}#{sequence}"))
+
+
+def fire(
+    state: ImprovementState,
+    now: datetime,
+    reasons: tuple[TriggerReason, ...],
+    detail: str,
+    requested_by: str | None = None,
+) -> TrainingTrigger:
+    """Record a firing in the state (in place) and return its trigger."""
+    state.sequence += 1
+    days = None
+    since = state.last_training_at or state.first_learning_at
+    if since is not None:
+        days = max(0.0, (now - since).total_seconds() / 86400)
+    trigger = TrainingTrigger(
+        trigger_id=trigger_id(state.base_model, state.sequence),
+        base_model=state.base_model,
+        reasons=list(reasons),
+        detail=detail,
+        learnings_since_training=state.learnings_since_training,
+        days_since_training=days,
+        success_rate=state.success_rate,
+        window_size=len(state.outcomes),
+        dataset_size=state.learnings_total,
+        requested_by=requested_by,
+        created_at=now,
+    )
+    state.pending_trigger_id = trigger.trigger_id
+    state.pending_since = now
+    state.pending_learnings = state.learnings_since_training
+    if TriggerReason.QUALITY in reasons:
+        state.last_quality_fire_at = now
+    state.last_trigger = trigger
+    return trigger
+
+
+def step(
+    state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings
+) -> tuple[TrainingTrigger | None, str]:
+    """Fold an event in, then fire if the rules (or a manual request) say so.
+
+    Returns the trigger to emit (or None) and a one-line explanation.
+    """
+    apply(state, event, cfg)
+    state.last_check = event.at
+    if event.kind == "manual":
+        if (
+            state.pending_trigger_id is not None
+            and state.pending_since is not None
+            and (event.at - state.pending_since < timedelta(hours=cfg.pending_timeout_hours))
+        ):
+            return None, f"manual request ignored: {state.pending_trigger_id} is still pending"
+        detail = event.detail or "manual trigger"
+        return fire(state, event.at, (TriggerReason.MANUAL,), detail, event.requested_by), detail
+    if event.kind == "result":
+        return None, "result recorded"
+    decision = evaluate(state, event.at, cfg)
+    if not decision.fire:
+        return None, decision.detail
+    return fire(state, event.at, decision.reasons, decision.detail), decision.detail
