@@ -180,8 +180,8 @@ def letter_headers(letter: DeadLetter) -> Headers:
 
 
 def describe_result(result: TrainingResult) -> str:
-    """A one-line summary of a result for the log."""
-    parts: list[str] = [result.status]
+    """A one-line summary of a result for the log: status and reason, then the numbers."""
+    parts: list[str] = []
     if result.candidate_version is not None:
         parts.append(f"candidate v{result.candidate_version:04d}")
     parts.append(
@@ -195,7 +195,10 @@ def describe_result(result: TrainingResult) -> str:
     total = result.durations_s.get("total")
     if total is not None:
         parts.append(f"{total:.1f}s")
-    return f"{', '.join(parts)}: {result.reason}"
+    head = result.reason
+    if not head.startswith(result.status):
+        head = f"{result.status}: {head}"
+    return f"{head} ({', '.join(parts)})"
 
 
 class ProgressLog:

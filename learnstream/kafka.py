@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -47,9 +48,34 @@ def read_dev_broker(broker_file: Path) -> dict[str, Any] | None:
     return record
 
 
+MOCK_CLUSTER_PREFIX = "mockCluster"
+
+
+@functools.lru_cache(maxsize=16)
+def _is_mock_cluster(servers: str, security: tuple[tuple[str, str], ...]) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        metadata = AdminClient({"bootstrap.servers": servers, **dict(security)}).list_topics(
+            timeout=10
+        )
+    except Exception:  # unreachable now: treat as a real cluster, the safe default
+        return False
+    return str(metadata.cluster_id or "").startswith(MOCK_CLUSTER_PREFIX)
+
+
 def is_dev_broker(settings: Settings) -> bool:
-    """True when this process talks to the dev broker (no bootstrap servers configured)."""
-    return settings.kafka.bootstrap_servers is None
+    """True when this process talks to the dev broker (librdkafka's mock cluster).
+
+    ``LEARNSTREAM_KAFKA__DEV_BROKER`` decides when set; otherwise: no bootstrap servers
+    configured (the recorded dev broker is used), or the cluster's id is the mock's.
+    """
+    if settings.kafka.dev_broker is not None:
+        return settings.kafka.dev_broker
+    if settings.kafka.bootstrap_servers is None:
+        return True
+    security = tuple(sorted(settings.kafka.security_config().items()))
+    return _is_mock_cluster(settings.kafka.bootstrap_servers, security)
 
 
 def bootstrap_servers(settings: Settings) -> str:

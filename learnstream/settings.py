@@ -49,6 +49,10 @@ class KafkaSettings(Group):
     ssl_key_location: Path | None = None
     ssl_key_password: SecretStr | None = None
     replication_factor: int = Field(default=1, ge=1, description="For `topics create`.")
+    dev_broker: bool | None = Field(
+        default=None,
+        description="Whether the broker is the dev broker (mock cluster); unset: detected.",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="More librdkafka properties, passed through as given."
     )

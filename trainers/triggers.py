@@ -117,8 +117,14 @@ class Decision:
 SEEN_IDS_KEPT = 256  # recent learning/outcome ids, so a redelivered one is not counted twice
 
 
-def apply(state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings) -> None:
-    """Fold one event into the state (in place); ticks and manual requests change nothing."""
+def apply(
+    state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings, now: datetime
+) -> None:
+    """Fold one event into the state (in place); ticks and manual requests change nothing.
+
+    ``now`` is the processing time: every duration the rules measure (since the last training,
+    pending, cooldowns) is wall-clock time, so old or replayed events cannot age the state.
+    """
     if event.kind in ("learning", "outcome") and event.event_id is not None:
         marker = f"{event.kind[0]}:{event.event_id}"
         if marker in state.seen_event_ids:
@@ -127,8 +133,8 @@ def apply(state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings
     if event.kind == "learning":
         state.learnings_total += 1
         state.learnings_since_training += 1
-        state.first_learning_at = state.first_learning_at or event.at
-        state.last_learning_at = event.at
+        state.first_learning_at = state.first_learning_at or now
+        state.last_learning_at = now
         state.recent_learnings = [
             RecentLearning(
                 pattern_id=event.pattern_id or "",
@@ -144,10 +150,12 @@ def apply(state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings
         state.scored_total += 1
         state.successes_total += int(event.success)
     elif event.kind == "result" and event.result is not None:
-        _apply_result(state, event.result, cfg)
+        _apply_result(state, event.result, cfg, now)
 
 
-def _apply_result(state: ImprovementState, result: TrainingResult, cfg: TriggerSettings) -> None:
+def _apply_result(
+    state: ImprovementState, result: TrainingResult, cfg: TriggerSettings, now: datetime
+) -> None:
     if state.last_result is not None and state.last_result.trigger_id == result.trigger_id:
         return  # a redelivered result
     state.last_result = result
@@ -160,11 +168,11 @@ def _apply_result(state: ImprovementState, result: TrainingResult, cfg: TriggerS
     else:
         fired_with = 0
     if result.status in ("promoted", "rejected"):
-        state.last_training_at = result.finished_at
+        state.last_training_at = now
         state.learnings_since_training = max(0, state.learnings_since_training - fired_with)
         state.retry_after = None
     else:
-        state.retry_after = result.finished_at + timedelta(hours=cfg.retry_cooldown_hours)
+        state.retry_after = now + timedelta(hours=cfg.retry_cooldown_hours)
     if result.status == "promoted":
         state.active_version = result.candidate_version
         improvement = result.metrics.get("relative_improvement")
@@ -259,26 +267,25 @@ def fire(
 
 
 def step(
-    state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings
+    state: ImprovementState, event: ImprovementEvent, cfg: TriggerSettings, now: datetime
 ) -> tuple[TrainingTrigger | None, str]:
-    """Fold an event in, then fire if the rules (or a manual request) say so.
+    """Fold an event in at processing time ``now``, then fire if a rule or request says so.
 
     Returns the trigger to emit (or None) and a one-line explanation.
     """
-    apply(state, event, cfg)
-    state.last_check = event.at
+    apply(state, event, cfg, now)
+    state.last_check = now
     if event.kind == "manual":
-        if (
-            state.pending_trigger_id is not None
-            and state.pending_since is not None
-            and (event.at - state.pending_since < timedelta(hours=cfg.pending_timeout_hours))
+        pending = state.pending_trigger_id is not None and state.pending_since is not None
+        if pending and now - state.pending_since < timedelta(  # type: ignore[operator]
+            hours=cfg.pending_timeout_hours
         ):
             return None, f"manual request ignored: {state.pending_trigger_id} is still pending"
         detail = event.detail or "manual trigger"
-        return fire(state, event.at, (TriggerReason.MANUAL,), detail, event.requested_by), detail
+        return fire(state, now, (TriggerReason.MANUAL,), detail, event.requested_by), detail
     if event.kind == "result":
         return None, "result recorded"
-    decision = evaluate(state, event.at, cfg)
+    decision = evaluate(state, now, cfg)
     if not decision.fire:
         return None, decision.detail
-    return fire(state, event.at, decision.reasons, decision.detail), decision.detail
+    return fire(state, now, decision.reasons, decision.detail), decision.detail

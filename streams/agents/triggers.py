@@ -98,7 +98,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
                 log.warning("skipping an invalid improvement event: %s", exc.errors()[0])
                 continue
             state = load(table, event.base_model)
-            trigger, why = step(state, event, cfg)
+            trigger, why = step(state, event, cfg, _now())
             table[event.base_model] = state.model_dump_json()
             observe(state)
             if trigger is None:

@@ -1,0 +1,542 @@
+"""The trainer consumer without a broker: parsing, duplicate decisions, headers, and the loop
+(pause while a job runs, publish, then commit) against fake Kafka clients."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumers.telemetry_sink import DLQ_KEEP_BYTES
+from consumers.trainer import (
+    DEFAULT_GROUP,
+    STAGE,
+    ProgressLog,
+    Record,
+    TrainerConsumer,
+    describe_result,
+    parse_trigger,
+    result_headers,
+    run_trainer,
+    stored_result,
+)
+from learnstream.settings import Settings, load_settings
+from schemas.dlq import DeadLetter
+from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
+from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
+from trainers.registry import AdapterRegistry, JobRecord
+
+TOPIC = "training.triggers"
+BASE = "org/tiny-model"
+
+
+def trigger(trigger_id: str = "t-1", base_model: str = BASE) -> TrainingTrigger:
+    return TrainingTrigger(
+        trigger_id=trigger_id,
+        base_model=base_model,
+        reasons=[TriggerReason.LEARNINGS, TriggerReason.MANUAL],
+        learnings_since_training=120,
+    )
+
+
+def result(trigger_id: str = "t-1", status: Any = "promoted") -> TrainingResult:
+    return TrainingResult(
+        trigger_id=trigger_id,
+        base_model=BASE,
+        status=status,
+        reason="promoted: 12% lower eval loss",
+        candidate_version=1,
+        active_version=1,
+        metrics={
+            "eval_loss_active": 2.0,
+            "eval_loss_candidate": 1.76,
+            "relative_improvement": 0.12,
+        },
+        durations_s={"total": 3.5},
+    )
+
+
+def record(value: bytes | None, offset: int = 0, key: bytes | None = BASE.encode()) -> Record:
+    return Record(TOPIC, 0, offset, key, value)
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def test_parse_trigger_accepts_a_valid_trigger() -> None:
+    t = trigger()
+    parsed = parse_trigger(record(t.model_dump_json().encode(), offset=7))
+    assert parsed == t
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (None, "empty record value"),
+        (b"not json", "not a valid TrainingTrigger"),
+        (b'{"trigger_id": "x", "base_model": "m", "reasons": []}', "reasons"),
+        (b'{"trigger_id": "x", "base_model": "m", "reasons": ["bogus"]}', "reasons"),
+        (b'{"trigger_id": "", "base_model": "m", "reasons": ["manual"]}', "trigger_id"),
+    ],
+)
+def test_parse_trigger_dead_letters_invalid_values(value: bytes | None, needle: str) -> None:
+    letter = parse_trigger(record(value, offset=3, key=b"k"))
+    assert isinstance(letter, DeadLetter)
+    assert letter.stage == STAGE == "trainer"
+    assert needle in letter.error
+    assert (letter.topic, letter.partition, letter.offset) == (TOPIC, 0, 3)
+    assert letter.original() == (value or b"")
+    assert letter.original_key_b64 is not None
+
+
+def test_huge_invalid_values_keep_only_their_head() -> None:
+    value = b"x" * (DLQ_KEEP_BYTES + 10)
+    letter = parse_trigger(record(value))
+    assert isinstance(letter, DeadLetter)
+    assert len(letter.original()) == DLQ_KEEP_BYTES
+    assert letter.original_size == DLQ_KEEP_BYTES + 10
+
+
+def test_only_a_finished_job_is_a_duplicate() -> None:
+    done = result()
+    assert stored_result(None) is None
+    assert stored_result(JobRecord("t-1", "running")) is None
+    assert stored_result(JobRecord("t-1", "registered", candidate_version=1)) is None
+    assert stored_result(JobRecord("t-1", "done", result=None)) is None
+    record_ = JobRecord("t-1", "done", result=done.model_dump(mode="json"))
+    assert stored_result(record_) == done
+
+
+def test_result_headers() -> None:
+    headers = dict(result_headers(result()))
+    assert headers == {
+        "source": b"trainer",
+        "event_type": b"training_result",
+        "schema_version": b"1",
+        "content-type": b"application/json",
+    }
+    assert dict(result_headers(result(), duplicate=True))["duplicate"] == b"1"
+
+
+def test_describe_result_names_versions_losses_and_reason() -> None:
+    line = describe_result(result())
+    assert line.startswith("promoted: 12% lower eval loss (candidate v0001, active v0001")
+    assert "eval_loss_candidate=1.76" in line
+    assert line.endswith(", 3.5s)")
+    skipped = TrainingResult(trigger_id="t", base_model=BASE, status="skipped", reason="no data")
+    assert describe_result(skipped) == "skipped: no data (active: base model)"
+
+
+def test_progress_is_logged_at_most_every_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    progress = ProgressLog("t-1", every=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="learnstream.trainer"):
+        for step in range(1, 31):
+            progress(step, 30, 1.5)
+            now[0] += 1.0
+        now[0] -= 0.5
+        progress(30, 30, 1.4)  # 9.5 s after the last line: not logged
+        now[0] += 0.5
+        progress(30, 30, None)
+    assert progress.lines == 4  # steps 1, 11, 21, then the last call
+    assert "training job t-1: step 1/30, loss 1.5000" in caplog.text
+    assert "step 11/30" in caplog.text
+    assert "step 21/30" in caplog.text
+    assert "loss 1.4000" not in caplog.text
+    assert "step 30/30, loss n/a" in caplog.text
+
+
+# --- the loop against fake clients -----------------------------------------------------------
+
+
+class FakeMessage:
+    def __init__(self, offset: int, value: bytes | None, partition: int = 0) -> None:
+        self._offset = offset
+        self._value = value
+        self._partition = partition
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return BASE.encode()
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+class FakeTP:
+    def __init__(self, topic: str, partition: int, offset: int = -1001) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.error = None
+
+
+class FakeConsumer:
+    """Serves the given batches; records pauses, polls and commits."""
+
+    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+        self.batches = batches
+        self.calls: list[str] = []
+        self.committed: list[tuple[str, int, int]] = []
+        self.paused = False
+        self.assigned = [FakeTP(TOPIC, 0)]
+        self.on_poll: Callable[[], None] | None = None
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.calls.append("consume")
+        assert not self.paused, "consumed while paused"
+        return self.batches.pop(0) if self.batches else []
+
+    def poll(self, timeout: float) -> None:
+        self.calls.append("poll")
+        assert self.paused, "polled for records while not paused"
+        time.sleep(min(timeout, 0.002))
+        if self.on_poll is not None:
+            self.on_poll()
+
+    def assignment(self) -> list[FakeTP]:
+        return list(self.assigned)
+
+    def pause(self, partitions: list[Any]) -> None:
+        if not self.paused:
+            self.calls.append("pause")
+        self.paused = True
+
+    def resume(self, partitions: list[Any]) -> None:
+        self.calls.append("resume")
+        self.paused = False
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
+        assert asynchronous is False
+        self.calls.append("commit")
+        self.committed.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+        return offsets
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.calls.append("subscribe")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class FakeError:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def str(self) -> str:
+        return self.text
+
+
+class FakeProducer:
+    """Acknowledges on poll; the first ``fail`` deliveries fail."""
+
+    def __init__(self, consumer: FakeConsumer, fail: int = 0) -> None:
+        self.consumer = consumer
+        self.fail = fail
+        self.sent: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
+        self._waiting: list[Callable[[Any, Any], None]] = []
+
+    def produce(
+        self, topic: str, *, value: bytes, key: bytes | None, headers: Any, **kw: Any
+    ) -> None:
+        self.consumer.calls.append(f"produce {topic}")
+        self._waiting.append(kw["on_delivery"])
+        self.sent.append((topic, key, value, dict(headers)))
+
+    def poll(self, timeout: float) -> int:
+        while self._waiting:
+            callback = self._waiting.pop(0)
+            if self.fail:
+                self.fail -= 1
+                self.sent.pop()
+                callback(FakeError("broker down"), None)
+            else:
+                callback(None, None)
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return self.poll(timeout)
+
+
+class FakeJob:
+    """A job runner that blocks until released and counts its calls."""
+
+    def __init__(self, outcome: TrainingResult | None = None) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.outcome = outcome
+
+    def __call__(self, settings: Settings, trigger: TrainingTrigger, **kw: Any) -> TrainingResult:
+        assert kw["metrics"] is not None
+        kw["on_progress"](1, 2, 0.5)
+        self.calls.append(trigger.trigger_id)
+        self.started.set()
+        assert self.release.wait(10), "the test never released the job"
+        return self.outcome or result(trigger.trigger_id)
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "data", kafka={"bootstrap_servers": "127.0.0.1:1"})
+
+
+def fake_trainer(
+    tmp_path: Path, batches: list[list[FakeMessage]], job: FakeJob, *, fail: int = 0
+) -> tuple[TrainerConsumer, FakeConsumer, FakeProducer, CollectorRegistry]:
+    consumer = FakeConsumer(batches)
+    producer = FakeProducer(consumer, fail)
+    metrics = CollectorRegistry()
+    trainer = TrainerConsumer(
+        settings_for(tmp_path),
+        registry=metrics,
+        job_runner=job,
+        poll_timeout=0.01,
+        backoff_initial=0.01,
+        backoff_max=0.02,
+    )
+    trainer._consumer = consumer  # type: ignore[assignment]
+    trainer._producer = producer  # type: ignore[assignment]
+    return trainer, consumer, producer, metrics
+
+
+def msg(t: TrainingTrigger, offset: int) -> FakeMessage:
+    return FakeMessage(offset, t.model_dump_json().encode())
+
+
+def test_defaults_are_the_registered_topics_and_group(tmp_path: Path) -> None:
+    trainer = TrainerConsumer(settings_for(tmp_path))
+    assert trainer.group_id == DEFAULT_GROUP == "learnstream-trainer"
+    assert trainer.topic == TRAINING_TRIGGERS.name
+    assert trainer.results_topic == TRAINING_RESULTS.name
+    assert trainer.dlq_topic == DLQ.name
+
+
+def test_a_job_runs_paused_then_publishes_then_commits(tmp_path: Path) -> None:
+    job = FakeJob()
+    trainer, consumer, producer, metrics = fake_trainer(tmp_path, [[msg(trigger(), 5)]], job)
+    running: list[float | None] = []
+
+    def during_job() -> None:
+        running.append(metrics.get_sample_value("learnstream_trainer_jobs_running"))
+        assert not consumer.committed
+        if len(running) == 3:
+            job.release.set()
+
+    consumer.on_poll = during_job
+    assert trainer.run_once() == 1
+    assert job.calls == ["t-1"]
+    assert running[0] == 1.0
+    calls = consumer.calls
+    assert calls[:3] == ["consume", "pause", "poll"]
+    produced = calls.index(f"produce {TRAINING_RESULTS.name}")
+    assert produced < calls.index("commit") < calls.index("resume")
+    assert consumer.committed == [(TOPIC, 0, 6)]
+    assert not consumer.paused
+    topic, key, value, headers = producer.sent[0]
+    assert (topic, key) == (TRAINING_RESULTS.name, BASE.encode())
+    published = TrainingResult.model_validate_json(value)
+    assert published.model_dump(exclude={"started_at", "finished_at"}) == result().model_dump(
+        exclude={"started_at", "finished_at"}
+    )
+    assert headers["event_type"] == b"training_result"
+    assert "duplicate" not in headers
+    assert metrics.get_sample_value("learnstream_trainer_jobs_running") == 0.0
+    assert metrics.get_sample_value("learnstream_trainer_triggers_consumed_total") == 1.0
+    published_total = "learnstream_trainer_results_published_total"
+    assert metrics.get_sample_value(published_total, {"status": "promoted"}) == 1.0
+
+
+def test_a_done_trigger_is_republished_without_training(tmp_path: Path) -> None:
+    job = FakeJob()
+    trainer, consumer, producer, metrics = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job)
+    done = result()
+    registry = AdapterRegistry.for_settings(trainer.settings, BASE)
+    registry.write_job(JobRecord("t-1", "done", result=done.model_dump(mode="json")))
+    assert trainer.run_once() == 1
+    assert job.calls == []
+    topic, _, value, headers = producer.sent[0]
+    assert topic == TRAINING_RESULTS.name
+    assert json.loads(value) == done.model_dump(mode="json")
+    assert headers["duplicate"] == b"1"
+    assert consumer.committed == [(TOPIC, 0, 1)]
+    assert metrics.get_sample_value("learnstream_trainer_duplicates_total") == 1.0
+
+
+def test_an_unfinished_job_record_runs_the_job(tmp_path: Path) -> None:
+    job = FakeJob()
+    job.release.set()
+    trainer, consumer, _, _ = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job)
+    registry = AdapterRegistry.for_settings(trainer.settings, BASE)
+    registry.write_job(JobRecord("t-1", "registered", candidate_version=1))
+    assert trainer.run_once() == 1
+    assert job.calls == ["t-1"]
+    assert consumer.committed == [(TOPIC, 0, 1)]
+
+
+def test_invalid_values_are_dead_lettered_then_committed(tmp_path: Path) -> None:
+    job = FakeJob()
+    trainer, consumer, producer, metrics = fake_trainer(
+        tmp_path, [[FakeMessage(0, b"{oops"), FakeMessage(1, None)]], job
+    )
+    assert trainer.run_once() == 2
+    assert job.calls == []
+    assert [s[0] for s in producer.sent] == [DLQ.name, DLQ.name]
+    letter = DeadLetter.model_validate_json(producer.sent[0][2])
+    assert letter.stage == "trainer"
+    assert letter.original() == b"{oops"
+    assert producer.sent[0][3]["event_type"] == b"dead_letter"
+    assert consumer.committed == [(TOPIC, 0, 1), (TOPIC, 0, 2)]
+    assert metrics.get_sample_value("learnstream_trainer_triggers_invalid_total") == 2.0
+
+
+def test_stop_during_a_job_waits_for_it_and_leaves_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = FakeJob()
+    batch = [msg(trigger("t-1"), 0), msg(trigger("t-2"), 1)]
+    trainer, consumer, producer, _ = fake_trainer(tmp_path, [batch], job)
+    polls = [0]
+
+    def during_job() -> None:
+        polls[0] += 1
+        trainer.stop.set()
+        if polls[0] == 3:
+            job.release.set()
+
+    consumer.on_poll = during_job
+    with caplog.at_level(logging.INFO, logger="learnstream.trainer"):
+        trainer.run()
+    assert job.calls == ["t-1"]
+    assert consumer.committed == [(TOPIC, 0, 1)]
+    assert len(producer.sent) == 1
+    assert "waiting for training job t-1 to finish" in caplog.text
+    assert "1 triggers not handled" in caplog.text
+    assert consumer.calls[-1] == "close"
+    assert "training job started: trigger t-1, reasons learnings, manual" in caplog.text
+    assert "training job t-1: step 1/2" in caplog.text
+    assert "training job t-1 finished: promoted" in caplog.text
+
+
+def test_stop_when_idle_returns_at_once(tmp_path: Path) -> None:
+    trainer, consumer, _, _ = fake_trainer(tmp_path, [], FakeJob())
+    trainer.stop.set()
+    started = time.monotonic()
+    trainer.run()
+    assert time.monotonic() - started < 1
+    assert consumer.calls == ["subscribe", "close"]
+
+
+def test_revocation_during_a_job_leaves_publishing_to_the_next_owner(tmp_path: Path) -> None:
+    job = FakeJob()
+    batch = [msg(trigger("t-1"), 0), msg(trigger("t-2"), 1)]
+    trainer, consumer, producer, _ = fake_trainer(tmp_path, [batch], job)
+
+    def revoke() -> None:
+        if consumer.assigned:
+            consumer.assigned = []
+            trainer._on_revoke(cast(Any, consumer), cast(Any, [FakeTP(TOPIC, 0)]))
+            job.release.set()
+
+    consumer.on_poll = revoke
+    assert trainer.run_once() == 0
+    assert job.calls == ["t-1"]  # the job finished
+    assert producer.sent == []  # ... but the next owner republishes its stored result
+    assert consumer.committed == []
+    assert trainer._pending == []  # t-2 is the next owner's too
+
+
+def test_reassigned_partition_is_published_committed_and_not_read_twice(tmp_path: Path) -> None:
+    job = FakeJob()
+    t1 = msg(trigger("t-1"), 0)
+    # After the revoke + re-assign, the fetch restarts at the committed offset: t-1 again.
+    batches = [[t1], [t1, msg(trigger("t-2"), 1)]]
+    trainer, consumer, producer, _ = fake_trainer(tmp_path, batches, job)
+
+    def rebalance() -> None:
+        trainer._on_revoke(cast(Any, consumer), cast(Any, [FakeTP(TOPIC, 0)]))
+        trainer._on_assign(cast(Any, consumer), cast(Any, [FakeTP(TOPIC, 0)]))
+        consumer.on_poll = None
+        job.release.set()
+
+    consumer.on_poll = rebalance
+    assert trainer.run_once() == 1
+    assert trainer.run_once() == 1
+    assert job.calls == ["t-1", "t-2"]
+    assert consumer.committed == [(TOPIC, 0, 1), (TOPIC, 0, 2)]
+    assert len(producer.sent) == 2
+
+
+def test_failed_deliveries_are_retried_paused(tmp_path: Path) -> None:
+    job = FakeJob()
+    job.release.set()
+    trainer, consumer, producer, metrics = fake_trainer(
+        tmp_path, [[msg(trigger(), 0)]], job, fail=2
+    )
+    assert trainer.run_once() == 1
+    assert len(producer.sent) == 1
+    assert consumer.committed == [(TOPIC, 0, 1)]
+    assert metrics.get_sample_value("learnstream_trainer_delivery_errors_total") == 2.0
+
+
+def test_stop_during_failing_delivery_commits_nothing(tmp_path: Path) -> None:
+    job = FakeJob()
+    job.release.set()
+    trainer, consumer, producer, _ = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job, fail=100)
+    consumer.on_poll = trainer.stop.set
+    assert trainer.run_once() == 0
+    assert consumer.committed == []
+    assert producer.sent == []
+    assert not consumer.paused
+
+
+def test_a_runner_that_raises_becomes_a_failed_result(tmp_path: Path) -> None:
+    def boom(settings: Settings, trigger: TrainingTrigger, **kw: Any) -> TrainingResult:
+        raise RuntimeError("out of memory")
+
+    consumer = FakeConsumer([[msg(trigger(), 0)]])
+    producer = FakeProducer(consumer)
+    trainer = TrainerConsumer(
+        settings_for(tmp_path), registry=CollectorRegistry(), job_runner=boom, poll_timeout=0.01
+    )
+    trainer._consumer = consumer  # type: ignore[assignment]
+    trainer._producer = producer  # type: ignore[assignment]
+    assert trainer.run_once() == 1
+    published = json.loads(producer.sent[0][2])
+    assert published["status"] == "failed"
+    assert "out of memory" in published["reason"]
+
+
+def test_sigterm_requests_a_stop_and_the_handlers_are_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    def fake_run(self: TrainerConsumer) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen.append(self.stop.wait(5))
+
+    monkeypatch.setattr(TrainerConsumer, "run", fake_run)
+    before = signal.getsignal(signal.SIGTERM)
+    run_trainer(settings_for(tmp_path), registry=CollectorRegistry())
+    assert seen == [True]
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -1,0 +1,157 @@
+"""Trigger rules: each fires and does not fire at its boundary; no storms; reset on results."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from learnstream.settings import TriggerSettings
+from schemas.training import TrainingResult, TriggerReason
+from trainers.triggers import ImprovementEvent, ImprovementState, evaluate, step, trigger_id
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+MODEL = "tiny/model"
+
+
+def cfg(**kw: object) -> TriggerSettings:
+    base: dict[str, object] = {
+        "learnings_threshold": 5,
+        "max_days_between": 7.0,
+        "success_rate_threshold": 0.9,
+        "success_window": 20,
+        "success_min_samples": 10,
+        "quality_cooldown_hours": 24.0,
+        "min_dataset_size": 0,
+    }
+    base.update(kw)
+    return TriggerSettings.model_validate(base)
+
+
+def ev(kind: str, n: int = 0, **kw: object) -> ImprovementEvent:
+    return ImprovementEvent.model_validate(
+        {"kind": kind, "base_model": MODEL, "at": T0, "event_id": f"{kind}-{n}", **kw}
+    )
+
+
+def learn(state: ImprovementState, c: TriggerSettings, count: int, now: datetime = T0) -> list:
+    fired, start = [], state.learnings_total
+    for n in range(count):
+        trigger, _ = step(state, ev("learning", start + n, pattern_id="p"), c, now)
+        if trigger:
+            fired.append(trigger)
+    return fired
+
+
+def result(trigger_id_: str, status: str = "promoted", **kw: object) -> ImprovementEvent:
+    res = TrainingResult(trigger_id=trigger_id_, base_model=MODEL, status=status, reason="x", **kw)  # type: ignore[arg-type]
+    return ImprovementEvent(kind="result", base_model=MODEL, at=T0, result=res)
+
+
+def test_learnings_rule_fires_at_the_threshold_not_before() -> None:
+    c, state = cfg(), ImprovementState(base_model=MODEL)
+    assert learn(state, c, 4) == []
+    fired = learn(state, c, 1)
+    assert len(fired) == 1
+    t = fired[0]
+    assert t.reasons == [TriggerReason.LEARNINGS]
+    assert t.learnings_since_training == 5
+    assert t.trigger_id == trigger_id(MODEL, 1)
+
+
+def test_no_storm_while_pending_and_redelivery_counts_once() -> None:
+    c, state = cfg(), ImprovementState(base_model=MODEL)
+    assert len(learn(state, c, 5)) == 1
+    assert learn(state, c, 20) == []  # pending: nothing more fires
+    before = state.learnings_total
+    step(state, ev("learning", 3, pattern_id="p"), c, T0)  # a redelivered learning
+    assert state.learnings_total == before
+    # After the pending timeout, it may fire again (a lost result does not block forever).
+    later = T0 + timedelta(hours=c.pending_timeout_hours + 1)
+    trigger, _ = step(state, ev("tick"), c, later)
+    assert trigger is not None and trigger.trigger_id == trigger_id(MODEL, 2)
+
+
+def test_result_resets_learnings_counted_at_firing_and_keeps_later_ones() -> None:
+    c, state = cfg(), ImprovementState(base_model=MODEL)
+    (t,) = learn(state, c, 5)
+    learn(state, c, 2)  # arrive while training
+    step(
+        state,
+        result(t.trigger_id, candidate_version=3, metrics={"relative_improvement": 0.1}),
+        c,
+        T0,
+    )
+    assert state.pending_trigger_id is None
+    assert state.learnings_since_training == 2
+    assert state.last_training_at == T0
+    assert state.active_version == 3 and state.improvement_score == pytest.approx(0.1)
+    assert state.runs == {"promoted": 1}
+    step(state, result(t.trigger_id), c, T0)  # redelivered result changes nothing
+    assert state.runs == {"promoted": 1}
+    assert len(learn(state, c, 3)) == 1  # 2 + 3 = 5 again
+
+
+def test_failed_run_holds_automatic_rules_for_the_retry_cooldown() -> None:
+    c, state = cfg(retry_cooldown_hours=1.0), ImprovementState(base_model=MODEL)
+    (t,) = learn(state, c, 5)
+    step(state, result(t.trigger_id, status="failed"), c, T0)
+    assert state.learnings_since_training == 5  # nothing was trained
+    assert learn(state, c, 1, T0 + timedelta(minutes=59)) == []
+    assert len(learn(state, c, 1, T0 + timedelta(minutes=61))) == 1
+
+
+def test_time_rule_needs_seven_days_and_a_new_learning() -> None:
+    c, state = cfg(learnings_threshold=100), ImprovementState(base_model=MODEL)
+    learn(state, c, 1)
+    assert step(state, ev("tick"), c, T0 + timedelta(days=6.99))[0] is None
+    trigger, _ = step(state, ev("tick"), c, T0 + timedelta(days=7))
+    assert trigger is not None and trigger.reasons == [TriggerReason.TIME]
+    step(state, result(trigger.trigger_id), c, T0 + timedelta(days=7))
+    # No new learning since: the time rule stays quiet however long it waits.
+    assert step(state, ev("tick"), c, T0 + timedelta(days=30))[0] is None
+
+
+def outcomes(state: ImprovementState, c: TriggerSettings, ok: int, bad: int, now: datetime) -> list:
+    fired, start = [], state.scored_total
+    for n in range(ok + bad):
+        e = ev("outcome", start + n, success=n < ok)
+        trigger, _ = step(state, e, c, now)
+        if trigger:
+            fired.append(trigger)
+    return fired
+
+
+def test_quality_rule_boundaries_min_samples_and_cooldown() -> None:
+    c = cfg(learnings_threshold=1000)
+    state = ImprovementState(base_model=MODEL)
+    # 9 samples at 0% success: below the minimum of 10, nothing fires.
+    assert outcomes(state, c, 0, 9, T0) == []
+    fired = outcomes(state, c, 0, 1, T0)
+    assert len(fired) == 1 and fired[0].reasons == [TriggerReason.QUALITY]
+    step(state, result(fired[0].trigger_id, status="rejected"), c, T0)
+    # Still bad, but within the cooldown: quiet; after it: fires again.
+    assert outcomes(state, c, 0, 1, T0 + timedelta(hours=23)) == []
+    assert len(outcomes(state, c, 0, 1, T0 + timedelta(hours=25))) == 1
+
+
+def test_quality_rule_does_not_fire_at_exactly_the_threshold() -> None:
+    c = cfg(learnings_threshold=1000)
+    state = ImprovementState(base_model=MODEL)
+    assert outcomes(state, c, 18, 2, T0) == []  # 0.90 is not below 0.90
+    assert state.success_rate == pytest.approx(0.9)
+    assert len(state.outcomes) == 20
+    assert len(outcomes(state, c, 0, 1, T0)) == 1  # window slides: 17/20 = 0.85
+
+
+def test_first_training_needs_the_minimum_dataset_size_but_manual_does_not() -> None:
+    c = cfg(min_dataset_size=10)
+    state = ImprovementState(base_model=MODEL)
+    assert learn(state, c, 9) == []
+    assert "first training needs 10" in evaluate(state, T0, c).detail
+    manual = ev("manual", requested_by="alice", detail="because")
+    trigger, _ = step(state, manual, c, T0)
+    assert trigger is not None and trigger.reasons == [TriggerReason.MANUAL]
+    assert trigger.requested_by == "alice"
+    again, why = step(state, ev("manual", 1), c, T0)
+    assert again is None and "still pending" in why
