@@ -361,18 +361,9 @@ class TrainerConsumer:
         if self._consumer is None:
             from confluent_kafka import Consumer
 
-            from learnstream.kafka import client_config
+            from learnstream.kafka import consumer_config
 
-            conf = client_config(
-                self.settings,
-                **{
-                    "group.id": self.group_id,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
-                    **self._consumer_config,
-                },
-            )
+            conf = consumer_config(self.settings, self.group_id, **self._consumer_config)
             self._consumer = Consumer(conf, logger=log)
         return self._consumer
 

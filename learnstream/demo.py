@@ -165,7 +165,7 @@ def _tally(
 
     from confluent_kafka import Consumer
 
-    from learnstream.kafka import client_config
+    from learnstream.kafka import consumer_config
     from schemas.topics import (
         DLQ,
         INTERACTIONS_SCORED,
@@ -177,13 +177,11 @@ def _tally(
 
     tally = PipelineTally()
     consumer = Consumer(
-        client_config(
+        consumer_config(
             settings,
-            **{
-                "group.id": f"learnstream-demo-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            },
+            f"learnstream-demo-{uuid.uuid4().hex[:8]}",
+            # topics appear as the loop runs; notice them quickly
+            **{"topic.metadata.refresh.interval.ms": 1000},
         )
     )
     topics = (INTERACTIONS_SCORED, PATTERNS_CANDIDATES, PATTERNS_LEARNED, DLQ)
@@ -272,9 +270,12 @@ def run_demo(
     processes -> one training run of a tiny stand-in model (unless LEARNSTREAM_BASE_MODEL is
     set) -> summary.
     """
+    import logging
+
     from learnstream.schema_export import export_schemas
     from streams.app import free_port
 
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     examples = examples or EXAMPLES
     out = schemas_dir or settings.data_dir / "schemas"
     written = export_schemas(out)

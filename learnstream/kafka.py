@@ -101,3 +101,21 @@ def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     conf.update(settings.kafka.extra)
     conf.update(overrides)
     return conf
+
+
+# The mock cluster waits (session timeout - 1 s) before it completes any rebalance, even when
+# every member has rejoined; short group timings keep joins and scale-outs quick there.
+DEV_GROUP_TIMINGS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """Properties of a manually committing consumer in ``group_id`` (reads from the start)."""
+    conf: dict[str, Any] = {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+    }
+    if is_dev_broker(settings):
+        conf.update(DEV_GROUP_TIMINGS)
+    return client_config(settings, **{**conf, **overrides})

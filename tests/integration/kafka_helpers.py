@@ -47,6 +47,10 @@ def consume(
             "group.id": f"test-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            # The dev broker completes a rebalance only after (session timeout - 1 s).
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "topic.metadata.refresh.interval.ms": 1000,
         }
     )
     consumer.subscribe(list(topics))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +24,15 @@ def test_example_files_are_valid_and_cover_every_source() -> None:
         assert len(types) >= 5
 
 
-def test_demo_publishes_the_examples_and_reads_them_back(tmp_path: Path) -> None:
-    env = {"LEARNSTREAM_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path) -> None:
+    env = {"LEARNSTREAM_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, "-m", "learnstream", "demo"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -47,3 +50,21 @@ def test_demo_publishes_the_examples_and_reads_them_back(tmp_path: Path) -> None
         assert rows[source.value] == [str(n), str(n), "0"], out.stdout
     assert (tmp_path / "schemas" / "index.json").exists()
     assert not (tmp_path / "broker.json").exists()  # the in-process broker stopped cleanly
+    text = out.stdout
+    # Scored, stored in PostgreSQL, extracted into patterns and dataset, trained once.
+    pg = {
+        line.split()[0]: int(line.split()[1])
+        for line in text.split("PostgreSQL telemetry_events")[1].splitlines()[1:5]
+    }
+    assert sum(pg.values()) == sum(int(rows[s.value][0]) for s in Source), text
+    learned = re.search(
+        r"patterns learned: (\d+) new, (\d+) merged; dataset .*: (\d+) examples", text
+    )
+    assert learned and int(learned[1]) > 0 and int(learned[3]) > 0, text
+    assert re.search(r"training trigger \w+: learnings", text), text
+    result = re.search(r"training result: (PROMOTED|REJECTED): ", text)
+    assert result, text
+    manifest = json.loads(next((tmp_path / "adapters").glob("*/manifest.json")).read_text())
+    assert (manifest.get("active") is not None) == (result[1] == "PROMOTED"), manifest
+    lines = (tmp_path / "dataset" / "dataset.jsonl").read_text().splitlines()
+    assert len(lines) == int(learned[3]) and all(json.loads(line)["messages"] for line in lines)
