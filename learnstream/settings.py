@@ -229,8 +229,8 @@ class Settings(BaseSettings):
 
     @property
     def dataset_path(self) -> Path:
-        """The JSONL fine-tuning dataset."""
-        return self.data_dir / "dataset" / "dataset.jsonl"
+        """The JSONL fine-tuning dataset (written by extraction, read by the trainer)."""
+        return self.extract.dataset_path or self.data_dir / "dataset" / "dataset.jsonl"
 
     @property
     def registry_dir(self) -> Path:

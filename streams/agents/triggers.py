@@ -254,30 +254,37 @@ def register_api(
         body.pop("outcomes", None)
         return web.json(body)
 
+    from faust.web import View
+
     @app.page("/api/v1/improvement/trigger")
-    async def manual(web: Any, request: Any) -> Any:
-        if request.method != "POST":
-            return web.json({"error": "use POST"}, status=405)
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            return web.json({"error": "the body must be JSON"}, status=400)
-        if not isinstance(body, dict):
-            return web.json({"error": "the body must be a JSON object"}, status=400)
-        base_model = str(body.get("base_model") or base_model_of(request))
-        request_id = f"manual-{uuid.uuid4()}"
-        await forward(
-            ImprovementEvent(
-                kind="manual",
-                base_model=base_model,
-                at=_now(),
-                requested_by=str(body.get("requested_by") or request_id),
-                detail=str(body.get("reason") or "manual trigger"),
+    class ManualTrigger(View):
+        """POST a manual training request: ``{"base_model": ..., "reason": ...}`` (optional)."""
+
+        async def get(self, request: Any) -> Any:
+            return self.json({"error": "use POST"}, status=405)
+
+        async def post(self, request: Any) -> Any:
+            try:
+                body = await request.json() if request.can_read_body else {}
+            except ValueError:
+                return self.json({"error": "the body must be JSON"}, status=400)
+            if not isinstance(body, dict):
+                return self.json({"error": "the body must be a JSON object"}, status=400)
+            base_model = str(body.get("base_model") or base_model_of(request))
+            request_id = f"manual-{uuid.uuid4()}"
+            await forward(
+                ImprovementEvent(
+                    kind="manual",
+                    base_model=base_model,
+                    at=_now(),
+                    requested_by=str(body.get("requested_by") or request_id),
+                    detail=str(body.get("reason") or "manual trigger"),
+                )
             )
-        )
-        return web.json(
-            {"accepted": True, "base_model": base_model, "request_id": request_id}, status=202
-        )
+            return self.json(
+                {"accepted": True, "base_model": base_model, "request_id": request_id},
+                status=202,
+            )
 
     @app.page("/api/v1/feedback/statistics")
     async def feedback(web: Any, request: Any) -> Any:
