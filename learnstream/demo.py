@@ -82,10 +82,10 @@ class PipelineTally:
 
     scored: dict[str, Any] = field(default_factory=dict)
     candidates: set[str] = field(default_factory=set)
-    learned: Counter[str] = field(default_factory=Counter)
-    dead_letters: int = 0
-    triggers: list[dict[str, Any]] = field(default_factory=list)
-    results: list[dict[str, Any]] = field(default_factory=list)
+    learned: dict[tuple[str, str], str] = field(default_factory=dict)
+    dead_letters: set[tuple[int, int]] = field(default_factory=set)
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Children:
@@ -197,7 +197,7 @@ def _tally(
                 reported = time.monotonic()
                 echo(
                     f"  ... scored {len(tally.scored)}/{len(ids)}, learned "
-                    f"{sum(tally.learned.values())}, triggers {len(tally.triggers)}, "
+                    f"{len(tally.learned)}, triggers {len(tally.triggers)}, "
                     f"training results {len(tally.results)}"
                 )
             msg = consumer.poll(0.5)
@@ -209,14 +209,14 @@ def _tally(
                 tally.scored[doc["interaction"]["event_id"]] = doc
             elif topic == PATTERNS_CANDIDATES.name:
                 tally.candidates.add(doc["interaction"]["event_id"])
-            elif topic == PATTERNS_LEARNED.name:
-                tally.learned[doc["status"]] += 1
+            elif topic == PATTERNS_LEARNED.name:  # a re-read after a rebalance counts once
+                tally.learned[(doc["event_id"], doc["pattern"]["pattern_id"])] = doc["status"]
             elif topic == DLQ.name:
-                tally.dead_letters += 1
+                tally.dead_letters.add((msg.partition() or 0, msg.offset() or 0))
             elif topic == TRAINING_TRIGGERS.name:
-                tally.triggers.append(doc)
+                tally.triggers[doc["trigger_id"]] = doc
             elif topic == TRAINING_RESULTS.name:
-                tally.results.append(doc)
+                tally.results[doc["trigger_id"]] = doc
     finally:
         consumer.close()
     return tally
@@ -381,13 +381,14 @@ def _print_summary(
         echo(f"  {row[0]:8} {row[1]:>5} {row[2]:>6} {row[3]!s:>6} {row[4]:>5}")
     path = dataset_path(settings)
     data = stats(path).to_dict()
+    learned = Counter(tally.learned.values())
     echo(
-        f"patterns learned: {tally.learned['new']} new, {tally.learned['merged']} merged; "
+        f"patterns learned: {learned['new']} new, {learned['merged']} merged; "
         f"dataset {path}: {data.get('examples', data.get('lines'))} examples"
     )
-    for t in tally.triggers:
+    for t in tally.triggers.values():
         echo(f"training trigger {t['trigger_id'][:8]}: {', '.join(t['reasons'])} ({t['detail']})")
-    for r in tally.results:
+    for r in tally.results.values():
         m = r.get("metrics", {})
         losses = (
             f" [eval loss active {m['eval_loss_active']:.4f} -> candidate "
@@ -396,7 +397,7 @@ def _print_summary(
             else ""
         )
         echo(f"training result: {r['status'].upper()}: {r['reason']}{losses}")
-    echo(f"dead letters: {tally.dead_letters}")
+    echo(f"dead letters: {len(tally.dead_letters)}")
     echo("")
     echo("Where to look: `learnstream topics describe`, `rpk topic consume interactions.scored`,")
     echo(f"  PostgreSQL table telemetry_events (embedded under {settings.postgres_dir}),")

@@ -38,7 +38,7 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     rows = {
         line.split()[0]: line.split()[1:4]
-        for line in out.stdout.splitlines()
+        for line in out.stdout.split("value scores")[0].splitlines()
         if line.split() and line.split()[0] in {s.value for s in Source}
     }
     for source in Source:
