@@ -542,9 +542,12 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
 
 
 def _register_plugins() -> None:
+    from learnstream.replay_commands import backfill, replay
     from trainers.commands import adapters
 
     cli.add_command(adapters)
+    cli.add_command(replay)
+    cli.add_command(backfill)
 
 
 _register_plugins()
