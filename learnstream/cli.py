@@ -533,8 +533,10 @@ def show_config(obj: Context) -> None:
 def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
     """Run the main job on embedded defaults and print a summary.
 
-    Starts the dev broker (unless LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is set), checks the
-    topics, exports the schemas, publishes the sample telemetry and reads it back.
+    Starts the dev broker in this process (unless LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is set),
+    exports the schemas, starts `worker`, `sink` and `trainer` as child processes, publishes
+    the sample telemetry through the producer SDK and waits until every event is scored and a
+    training run (of a tiny locally built model unless LEARNSTREAM_BASE_MODEL is set) reported.
     """
     from learnstream.demo import run_demo
 
