@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from learnstream.metrics import metric_set
 from schemas.dlq import DeadLetter
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED
@@ -246,9 +247,6 @@ def batch_document(rows: Sequence[SinkRow | str]) -> str:
 
 # --- metrics ---------------------------------------------------------------------------------
 
-_metrics_lock = threading.Lock()
-_metrics_by_registry: dict[int, SinkMetrics] = {}
-
 
 @dataclass(frozen=True)
 class SinkMetrics:
@@ -268,12 +266,7 @@ class SinkMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry) -> SinkMetrics:
         """The metrics on ``registry``, registered there on first use."""
-        with _metrics_lock:
-            existing = _metrics_by_registry.get(id(registry))
-            if existing is None or existing.registry is not registry:
-                existing = cls._create(registry)
-                _metrics_by_registry[id(registry)] = existing
-            return existing
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, registry: CollectorRegistry) -> SinkMetrics:
@@ -640,19 +633,9 @@ class TelemetrySink:
         if self._producer is None:
             from confluent_kafka import Producer
 
-            from learnstream.kafka import client_config
+            from learnstream.kafka import reliable_producer_config
 
-            self._producer = Producer(
-                client_config(
-                    self.settings,
-                    **{
-                        "enable.idempotence": self.settings.producer.idempotence,
-                        "acks": "all",
-                        "linger.ms": 5,
-                    },
-                ),
-                logger=log,
-            )
+            self._producer = Producer(reliable_producer_config(self.settings), logger=log)
         return self._producer
 
     def _send_letters(self, items: list[Item]) -> None:

@@ -60,6 +60,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from consumers.telemetry_sink import DLQ_KEEP_BYTES, _install_signal_handlers
+from learnstream.metrics import metric_set
 from schemas.base import utcnow
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
@@ -230,9 +231,6 @@ class ProgressLog:
 
 # --- metrics ---------------------------------------------------------------------------------
 
-_metrics_lock = threading.Lock()
-_metrics_by_registry: dict[int, TrainerMetrics] = {}
-
 
 @dataclass(frozen=True)
 class TrainerMetrics:
@@ -251,11 +249,7 @@ class TrainerMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry) -> TrainerMetrics:
         """The metrics on ``registry``, registered there on first use."""
-        with _metrics_lock:
-            found = _metrics_by_registry.get(id(registry))
-            if found is None or found.registry is not registry:
-                found = _metrics_by_registry[id(registry)] = cls._create(registry)
-            return found
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> TrainerMetrics:
@@ -373,20 +367,10 @@ class TrainerConsumer:
         if self._producer is None:
             from confluent_kafka import Producer
 
-            from learnstream.kafka import client_config
+            from learnstream.kafka import reliable_producer_config
 
-            self._producer = Producer(
-                client_config(
-                    self.settings,
-                    **{
-                        "enable.idempotence": self.settings.producer.idempotence,
-                        "acks": "all",
-                        "linger.ms": 5,
-                        "message.timeout.ms": 60_000,
-                    },
-                ),
-                logger=log,
-            )
+            conf = reliable_producer_config(self.settings, **{"message.timeout.ms": 60_000})
+            self._producer = Producer(conf, logger=log)
         return self._producer
 
     def start(self) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_lock = threading.Lock()
-_by_registry: dict[int, ExtractMetrics] = {}
+from learnstream.metrics import metric_set
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -37,12 +35,7 @@ class ExtractMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> ExtractMetrics:
         """The metrics registered on ``registry`` (the default registry when None)."""
-        registry = registry or REGISTRY
-        with _lock:
-            found = _by_registry.get(id(registry))
-            if found is None:
-                found = _by_registry[id(registry)] = cls._create(registry)
-            return found
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> ExtractMetrics:

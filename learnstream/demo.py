@@ -303,8 +303,12 @@ def run_demo(
             ids = _collect_ids(examples, files)
             echo(f"published {sum(summary.sent.values())} events; waiting for the pipeline")
             tally = _tally(live, ids, children, echo, timeout)
-            time.sleep(3)  # the sink commits its last batch
             rows = _postgres_summary(live)
+            deadline = time.monotonic() + 60
+            while sum(r[1] for r in rows) < len(ids) and time.monotonic() < deadline:
+                children.check()
+                time.sleep(1)  # the sink writes in batches
+                rows = _postgres_summary(live)
         finally:
             children.stop()
     for doc in tally.scored.values():

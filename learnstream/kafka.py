@@ -119,3 +119,13 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     if is_dev_broker(settings):
         conf.update(DEV_GROUP_TIMINGS)
     return client_config(settings, **{**conf, **overrides})
+
+
+def reliable_producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Properties of a producer whose every record must reach all in-sync replicas, once."""
+    conf: dict[str, Any] = {
+        "enable.idempotence": settings.producer.idempotence,
+        "acks": "all",
+        "linger.ms": 5,
+    }
+    return client_config(settings, **{**conf, **overrides})

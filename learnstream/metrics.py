@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     REGISTRY,
@@ -18,6 +21,27 @@ from prometheus_client import (
 from learnstream.settings import Settings
 
 log = logging.getLogger("learnstream.metrics")
+T = TypeVar("T")
+
+_sets_lock = threading.Lock()
+_sets: weakref.WeakKeyDictionary[CollectorRegistry, dict[type, Any]] = weakref.WeakKeyDictionary()
+
+
+def metric_set(
+    cls: type[T], registry: CollectorRegistry | None, create: Callable[[CollectorRegistry], T]
+) -> T:
+    """The one instance of a metrics class on ``registry`` (default: the global registry).
+
+    prometheus_client refuses to register a metric name twice on a registry, so each metrics
+    class builds its metrics once per registry, on first use, and shares them afterwards.
+    """
+    registry = registry or REGISTRY
+    with _sets_lock:
+        per_registry = _sets.setdefault(registry, {})
+        found = per_registry.get(cls)
+        if found is None:
+            found = per_registry[cls] = create(registry)
+        return cast(T, found)
 
 
 def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None) -> int | None:
@@ -29,9 +53,6 @@ def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None)
     log.info("metrics on http://0.0.0.0:%d/metrics", port)
     return port
 
-
-_lock = threading.Lock()
-_stream_metrics: dict[int, StreamMetrics] = {}
 
 _SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -57,12 +78,7 @@ class StreamMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> StreamMetrics:
         """The metrics registered on ``registry`` (the default registry when None)."""
-        registry = registry or REGISTRY
-        with _lock:
-            found = _stream_metrics.get(id(registry))
-            if found is None:
-                found = _stream_metrics[id(registry)] = cls._create(registry)
-            return found
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> StreamMetrics:

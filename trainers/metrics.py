@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_lock = threading.Lock()
-_by_registry: dict[int, TrainingMetrics] = {}
+from learnstream.metrics import metric_set
 
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800)
 
@@ -35,12 +33,7 @@ class TrainingMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> TrainingMetrics:
         """The metrics registered on ``registry`` (the default registry when None)."""
-        registry = registry or REGISTRY
-        with _lock:
-            found = _by_registry.get(id(registry))
-            if found is None:
-                found = _by_registry[id(registry)] = cls._create(registry)
-            return found
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> TrainingMetrics:

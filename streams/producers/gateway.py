@@ -43,6 +43,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from learnstream.metrics import metric_set
 from learnstream.settings import Settings
 from schemas.base import Source
 from schemas.errors import EventError
@@ -71,9 +72,6 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _SOURCES = ", ".join(s.value for s in Source)
 _ENDPOINTS = "POST /v1/events/{source}, GET /healthz, GET /metrics"
 
-_metrics_lock = threading.Lock()
-_metrics_by_registry: dict[int, GatewayMetrics] = {}
-
 
 @dataclass(frozen=True)
 class GatewayMetrics:
@@ -87,13 +85,7 @@ class GatewayMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
         """The metrics registered on ``registry`` (the default registry when None)."""
-        registry = registry or REGISTRY
-        with _metrics_lock:
-            existing = _metrics_by_registry.get(id(registry))
-            if existing is None:
-                existing = cls._create(registry)
-                _metrics_by_registry[id(registry)] = existing
-            return existing
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> GatewayMetrics:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-_lock = threading.Lock()
-_by_registry: dict[int, ProducerMetrics] = {}
+from learnstream.metrics import metric_set
 
 
 @dataclass(frozen=True)
@@ -28,13 +26,7 @@ class ProducerMetrics:
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> ProducerMetrics:
         """The metrics registered on ``registry`` (the default registry when None)."""
-        registry = registry or REGISTRY
-        with _lock:
-            existing = _by_registry.get(id(registry))
-            if existing is None:
-                existing = cls._create(registry)
-                _by_registry[id(registry)] = existing
-            return existing
+        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> ProducerMetrics:

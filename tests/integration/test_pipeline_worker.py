@@ -7,6 +7,8 @@ broker), low trigger thresholds and the heuristic extractor.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -224,6 +226,27 @@ def test_candidates_become_patterns_dataset_rows_and_one_trigger(
     )
     assert manual[0].json()["requested_by"] == answer["request_id"]
 
+    # The CLI equivalents talk to the same API.
+    url = f"http://127.0.0.1:{worker.port}"
+    out = subprocess.run(
+        [sys.executable, "-m", "learnstream", "status", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["base_model"] == BASE_MODEL and shown["runs"] == {"promoted": 1}
+    down = subprocess.run(
+        [sys.executable, "-m", "learnstream", "trigger", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert down.returncode == 1 and "cannot reach the worker" in down.stderr
+
 
 def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
     dev_broker: DevBrokerProcess, worker: WorkerProcess
@@ -273,3 +296,42 @@ def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
     after_feedback = _wait(updated, 60, "pattern feedback", worker)
     assert after_feedback["usage_count"] == pattern["usage_count"] + 1
     assert worker.metric("learnstream_dlq_total", stage="extract") == 0
+
+
+def test_improvement_state_survives_a_worker_restart_without_new_triggers(
+    dev_broker: DevBrokerProcess, worker: WorkerProcess
+) -> None:
+    path = f"/api/v1/improvement/status?base_model={BASE_MODEL}"
+    _code, before = _http(worker, path)
+    assert before["learnings_total"] >= len(QUERIES)
+    assert worker.stop() == 0, worker.log()[-3000:]
+
+    # Same group, same data dir: the table is recovered from its changelog topic.
+    again = WorkerProcess(
+        dev_broker.bootstrap_servers,
+        worker.data_dir,
+        app_id=f"pipeline-{RUN}",
+        LEARNSTREAM_BASE_MODEL=BASE_MODEL,
+        LEARNSTREAM_TRIGGERS__LEARNINGS_THRESHOLD="3",
+        LEARNSTREAM_TRIGGERS__MIN_DATASET_SIZE="3",
+        LEARNSTREAM_TRIGGERS__CHECK_INTERVAL_S="2",
+    )
+    try:
+        _code, after = _wait(
+            lambda: (s := _http(again, path))[0] == 200 and s, 120, "recovered state", again
+        )
+        for field in ("learnings_total", "learnings_since_training", "sequence", "runs"):
+            assert after[field] == before[field], field
+        assert after["pending_trigger_id"] == before["pending_trigger_id"]
+        time.sleep(6)  # a few timer ticks
+        triggers = consume(
+            dev_broker.bootstrap_servers,
+            ["training.triggers"],
+            keep=_ours("trigger"),
+            until=lambda kept: False,
+            timeout=8,
+        )
+        ids = {t.json()["trigger_id"] for t in triggers}
+        assert len(ids) == after["sequence"], [t.json() for t in triggers]
+    finally:
+        assert again.stop() == 0, again.log()[-3000:]

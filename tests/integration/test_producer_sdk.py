@@ -166,7 +166,7 @@ def test_broker_down_at_start_spools_and_a_restart_resends_in_order(
     got = consume(
         dev_broker.bootstrap_servers,
         ["telemetry.ralph"],
-        keep=lambda r: r.headers["event_id"].decode() in ids,
+        keep=lambda r: r.headers.get("event_id", b"").decode() in ids,
         until=lambda kept: len(kept) >= len(ids),
         settle=1.0,
     )
@@ -208,7 +208,7 @@ def test_broker_stall_during_a_run_loses_nothing(tmp_path: Path) -> None:
         got = consume(
             broker.bootstrap_servers,
             ["telemetry.aidb"],
-            keep=lambda r: r.headers["event_id"].decode() in wanted,
+            keep=lambda r: r.headers.get("event_id", b"").decode() in wanted,
             until=lambda kept: len({r.headers["event_id"] for r in kept}) >= len(wanted),
             settle=2.0,
         )
