@@ -81,6 +81,8 @@ def _http(worker: WorkerProcess, path: str, body: Any = None) -> tuple[int, Any]
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+    except OSError:  # not serving (yet)
+        return 0, {}
 
 
 def _wait(predicate: Any, timeout: float, what: str, worker: WorkerProcess) -> Any:

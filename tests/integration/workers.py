@@ -27,7 +27,7 @@ class WorkerProcess:
             "LEARNSTREAM_WORKER__APP_ID": app_id,
             **env,
         }
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
