@@ -365,8 +365,14 @@ def worker(obj: Context, web_port: int | None, loglevel: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "--group",
+    default="learnstream-sink",
+    show_envvar=True,
+    help="Consumer group; sinks with the same group share the partitions.",
+)
 @pass_ctx
-def sink(obj: Context) -> None:
+def sink(obj: Context, group: str) -> None:
     """Run the PostgreSQL telemetry sink: interactions.scored -> telemetry_events (upserts).
 
     Uses LEARNSTREAM_POSTGRES__URL, or an embedded PostgreSQL under the data directory.
@@ -375,12 +381,18 @@ def sink(obj: Context) -> None:
     from consumers.telemetry_sink import run_sink
 
     obj.kafka_config()
-    run_sink(obj.settings)
+    run_sink(obj.settings, group_id=group)
 
 
 @cli.command()
+@click.option(
+    "--group",
+    default="learnstream-trainer",
+    show_envvar=True,
+    help="Consumer group of the trainers (they must share the adapter registry folder).",
+)
 @pass_ctx
-def trainer(obj: Context) -> None:
+def trainer(obj: Context, group: str) -> None:
     """Run the trainer consumer: training.triggers -> LoRA fine-tune -> evaluate -> promote?
 
     One job at a time per base model; the partition is paused while a job runs, so an hour-long
@@ -389,7 +401,7 @@ def trainer(obj: Context) -> None:
     from consumers.trainer import run_trainer
 
     obj.kafka_config()
-    run_trainer(obj.settings)
+    run_trainer(obj.settings, group=group)
 
 
 # --- patterns and dataset -------------------------------------------------------------------
