@@ -551,6 +551,7 @@ class TelemetryProducer:
         self._producer.flush(self._timeout_s + 1)
         self._settle_failures()
         self._spool.sync()
+        self._update_spool_gauges()  # metrics agree with the spool once flush() returns
         self._publish_counts()
         marker.pending = self._outstanding
         marker.done.set()
