@@ -293,7 +293,7 @@ def test_poison_messages_go_to_the_dlq_and_the_agent_keeps_going(
     assert worker.metric("learnstream_dlq_total", stage="score") >= 2
 
 
-def test_two_workers_share_a_group_without_gaps_or_conflicting_outputs(
+def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
     dev_broker: DevBrokerProcess, tmp_path: Path
 ) -> None:
     app_id = f"pair-{uuid.uuid4().hex[:6]}"
@@ -381,6 +381,23 @@ def test_two_workers_share_a_group_without_gaps_or_conflicting_outputs(
         ]
         shares = [a - b for a, b in zip(after, before, strict=True)]
         assert sum(shares) >= 200 and all(s > 0 for s in shares), shares
+
+        # Scale in: stop one worker; the other takes over its partitions, nothing is lost.
+        stopped = workers[0].stop()
+        assert stopped == 0, workers[0].log()[-2000:]
+        rest = [
+            {
+                "event_type": "session_started",
+                "event_id": f"S{i}-{run}",
+                "session_id": f"s{i}-{run}",
+                "timestamp": _ts(9),
+            }
+            for i in range(100)
+        ]
+        _send(dev_broker.bootstrap_servers, "vscode", rest)
+        rest_ids = {e["event_id"] for e in rest}
+        got = _scored(dev_broker.bootstrap_servers, rest_ids, timeout=120)
+        assert {r.key.decode() for r in got} == rest_ids  # no gaps after the scale-in
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0] * len(workers)
