@@ -19,6 +19,7 @@ two inputs behave very differently there; on Kafka/Redpanda neither limit exists
 
     python bench/bench_faust_forward.py [--n 10000] [--inputs batched,single]
                                         [--variants default|all|NAME,NAME...]
+                                        [--repeat 3] [--profile]
     python bench/bench_faust_forward.py --list     # the variants and what each changes
 """
 
@@ -41,7 +42,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_score import Broker, EventMaker, load_average, unique_texts  # noqa: E402
+from bench_score import (
+    Broker,
+    EventMaker,
+    load_average,
+    patch_fetch_max_wait,
+    unique_texts,
+)
 
 # The Faust settings `streams/app.py` uses against the dev broker.
 APP_SETTINGS: dict[str, Any] = {
@@ -72,6 +79,7 @@ class Variant:
     take: int = 500
     loglevel: str = "info"  # `learnstream worker`'s default
     spinner: bool = True  # False: drop Faust's terminal spinner (see faust-event-warn-nospin)
+    switch_interval: float | None = None  # sys.setswitchinterval (GIL hand-over; default 5 ms)
 
 
 VARIANTS = [
@@ -138,6 +146,13 @@ VARIANTS = [
         spinner=False,
     ),
     Variant(
+        "faust-event-gil1ms",
+        "faust",
+        "event",
+        "faust-event with sys.setswitchinterval(0.001) (GIL hand-over 1 ms, default 5 ms)",
+        switch_interval=0.001,
+    ),
+    Variant(
         "faust-event-linger0",
         "faust",
         "event",
@@ -145,7 +160,17 @@ VARIANTS = [
         settings={"producer_linger": 0.0},
     ),
 ]
-DEFAULT = ["aiokafka-read", "aiokafka-fwd", "faust-event", "faust-take", "faust-event-fw10"]
+DEFAULT = [
+    "aiokafka-read",
+    "aiokafka-fwd",
+    "faust-event",
+    "faust-take",
+    "faust-noop",
+    "faust-event-fw100",
+    "faust-event-poll500",
+    "faust-event-warn",
+    "faust-event-warn-nospin",
+]
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
@@ -205,24 +230,6 @@ class Probe:
         }
 
 
-def patch_fetch_max_wait(ms: int) -> None:
-    """Every AIOKafkaConsumer created in this process uses ``fetch_max_wait_ms=ms``.
-
-    Faust passes a hard-coded ``fetch_max_wait_ms=1500`` to aiokafka; no app setting changes
-    it, so the variants that try other values patch the consumer's constructor.
-    """
-    import aiokafka
-
-    cls: Any = aiokafka.AIOKafkaConsumer
-    init = cls.__init__
-
-    def __init__(self: Any, *a: Any, **kw: Any) -> None:
-        kw["fetch_max_wait_ms"] = ms
-        init(self, *a, **kw)
-
-    cls.__init__ = __init__
-
-
 @dataclass
 class Window:
     """What happened between the first and the last record a child handled."""
@@ -234,7 +241,6 @@ class Window:
     before: dict[str, Any] = field(default_factory=dict)
     count: int = 0
     profiler: Any = None  # a cProfile.Profile of the main thread, when asked for
-
 
     def tick(self, k: int) -> bool:
         """Count ``k`` records; True once all ``n`` are in."""
@@ -304,6 +310,8 @@ def faust_child(args: argparse.Namespace, variant: Variant) -> None:
 
     probe = Probe()
     probe.install()
+    if variant.switch_interval is not None:
+        sys.setswitchinterval(variant.switch_interval)
     if variant.fetch_max_wait_ms is not None:
         patch_fetch_max_wait(variant.fetch_max_wait_ms)
     tolerate_mock_group_sync()
@@ -470,6 +478,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="records per input")
     ap.add_argument("--inputs", default="batched,single", help="batched, single or both")
     ap.add_argument("--variants", default="default", help="default, all, or names")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per variant (median reported)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per variant at most")
     ap.add_argument("--list", action="store_true", help="list the variants")
     ap.add_argument("--profile", action="store_true", help="cProfile each child's main thread")
@@ -498,15 +507,19 @@ def main() -> None:
             print(f"input {style}: {args.n} events produced at {rate:,.0f}/s", flush=True)
             for variant in variants:
                 load = load_average()
-                res = run_child(args, broker.bootstrap, variant, topic)
+                runs = [
+                    run_child(args, broker.bootstrap, variant, topic) for _ in range(args.repeat)
+                ]
+                runs.sort(key=lambda x: x["rate"])
+                res = runs[len(runs) // 2]
                 rows.append((style, variant, res, load))
-                print(
-                    f"  {variant.name:22} {res['rate']:>10,.0f} ev/s  (load {load})", flush=True
-                )
+                spread = " / ".join(f"{x['rate']:,.0f}" for x in runs)
+                print(f"  {variant.name:24} {spread:>26} ev/s  (load {load})", flush=True)
     finally:
         broker.stop()
     print()
-    print(f"{args.n} records per run; rate = records / (last - first record handled)")
+    print(f"{args.n} records per run; rate = records / (last - first record handled)", end="")
+    print(f"; median of {args.repeat} runs" if args.repeat > 1 else "")
     head = f"{'input':8} {'variant':21} {'ev/s':>9} {'cpu':>5} {'fetches':>8} {'rec/fetch':>9}"
     print(f"{head} {'parked':>7} {'parked s':>8}  idle in select() per thread")
     for style, v, r, _ in rows:

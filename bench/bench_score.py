@@ -1,28 +1,37 @@
 """Scoring stage benchmark: the real worker on the dev broker (run by hand; figures go in the
 notes, never into tests).
 
-Starts `learnstream broker` and one `learnstream worker` (extract and triggers agents off, so
-only the `score` agent runs) as subprocesses, each with its own data dir, produces AIDB
-`completion` events to `telemetry.aidb` with confluent-kafka and reads `interactions.scored`
-back with a confluent-kafka consumer.
+Each phase starts its own `learnstream broker` and `learnstream worker` (subprocesses with
+their own data dirs and app id; extract and triggers agents off, so only the `score` agent
+runs; Qdrant in local mode under the worker's data dir), so no phase inherits another's
+interaction history. Events are AIDB `completion`s (~1 KB, like examples/aidb-events.jsonl)
+produced to `telemetry.aidb` with confluent-kafka; `interactions.scored` is read back with a
+confluent-kafka consumer. Every worker is warmed up with 64 events first.
 
-a. Throughput: a backlog of N events with unique query texts, then N events of which a
-   ``--repeat-share`` (0.8) repeat earlier texts of the same burst; scored events/s from the
-   first to the last output record. In the same run, before the worker starts, the bare model
-   (`scorers.embeddings.Embedder`, batches of `LEARNSTREAM_SCORE__BATCH_SIZE`) encodes the same
-   unique texts: the ratio stage/bare (target >= 0.7 with unique texts).
+a. Throughput: a backlog of N events with unique query texts; then (fresh worker) N events of
+   which ``--repeat-share`` (0.8) repeat a text of the same burst. Scored events/s from the
+   first to the last output record (record timestamps), for at most ``--phase-limit`` s.
+   Before any worker starts, the bare model (`scorers.embeddings.Embedder`, batches of
+   `LEARNSTREAM_SCORE__BATCH_SIZE`) encodes the same unique texts: ratio stage/bare (target
+   >= 0.7 with unique texts).
 b. Latency from produce to `interactions.scored` at ``--rate`` events/s for ``--duration`` s:
-   p50/p99 to the worker's send (output record timestamp) and to receipt by a consumer
-   (target p99 < 500 ms).
-c. The worker's resident memory (VmRSS, and the peak VmHWM) once it has scored
-   ``--rss-after`` events in all (topped up with a burst if the phases above made fewer);
-   target < 1.5 GB.
+   p50/p99 to the worker's send (output record timestamp) and to receipt by our consumer
+   (target p99 < 500 ms); then the worker's CPU while idle.
+c. The same worker's resident memory (VmRSS, and the peak VmHWM) once ``--rss-after``
+   events were produced to it (topped up with a burst; at most ``--rss-limit`` s); target
+   < 1.5 GB.
 
     python bench/bench_score.py [--n 3000] [--repeat-share 0.8] [--rate 50] [--duration 60]
-                                [--rss-after 10000] [--fetch-max-wait-ms MS]
+                                [--rss-after 10000] [--phase-limit 45] [--rss-limit 60]
+                                [--fetch-max-wait-ms MS] [--fast-lookup] [--no-spinner]
 
-``--fetch-max-wait-ms`` starts the worker through a shim that overrides the aiokafka consumer's
-``fetch_max_wait_ms`` (Faust hard-codes 1500 ms), to measure that setting's effect on (b).
+The last three flags start the worker through a shim (this file) that changes one thing
+inside the worker process, to measure a suggested package change without making it:
+``--fetch-max-wait-ms`` sets the Faust worker consumer's fetch_max_wait_ms (Faust hard-codes
+1500; the dev broker parks an empty fetch that long), ``--fast-lookup`` answers the
+interaction-history searches with numpy instead of Qdrant local mode (whose payload filter
+costs O(history) Python per search), ``--no-spinner`` drops Faust's terminal spinner (which
+sets the root logger to DEBUG when --worker-loglevel is warning or error).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,6 +221,42 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
             proc.wait(10)
 
 
+class OtherCpu:
+    """CPU used by processes other than ``pids`` since creation, as a share of all cores.
+
+    The load average lags by a minute; this says whether something else (a test suite) ran
+    during a measurement.
+    """
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = (os.getpid(), *pids)
+        self.t0, self.busy0, self.ours0 = time.monotonic(), busy_ticks(), self._ours()
+
+    def _ours(self) -> int:
+        return sum(process_ticks(pid) for pid in self.pids)
+
+    def share(self) -> float:
+        """Other processes' CPU / (wall time x cores) since creation."""
+        ticks = os.sysconf("SC_CLK_TCK") * (time.monotonic() - self.t0) * (os.cpu_count() or 1)
+        other = (busy_ticks() - self.busy0) - (self._ours() - self.ours0)
+        return max(0.0, other / ticks)
+
+
+def busy_ticks() -> int:
+    """Busy clock ticks of all cores (from /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(values) - values[3] - values[4]  # minus idle and iowait
+
+
+def process_ticks(pid: int) -> int:
+    """User + system clock ticks of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
 def free_port() -> int:
     """A TCP port that was free on loopback a moment ago."""
     import socket
@@ -219,10 +266,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Shim:
+    """Experiments applied inside the worker process (the package code is left as it is)."""
+
+    fetch_max_wait_ms: int | None = None  # aiokafka consumer's fetch_max_wait_ms (Faust: 1500)
+    fast_lookup: bool = False  # interaction-history searches by numpy instead of Qdrant local
+    no_spinner: bool = False  # drop Faust's terminal spinner (loglevel >= warning)
+
+    def argv(self) -> list[str]:
+        """The shim's own flags; empty when nothing is changed."""
+        out = []
+        if self.fetch_max_wait_ms is not None:
+            out += ["--fetch-max-wait-ms", str(self.fetch_max_wait_ms)]
+        if self.fast_lookup:
+            out.append("--fast-lookup")
+        if self.no_spinner:
+            out.append("--no-spinner")
+        return out
+
+
 class Worker:
     """`learnstream worker` (score agent only) in a subprocess; optionally through the shim."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, fetch_max_wait_ms: int | None) -> None:
+    def __init__(self, bootstrap: str, data_dir: Path, shim: Shim, loglevel: str) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log_path = data_dir / "worker.log"
@@ -234,12 +301,12 @@ class Worker:
             "LEARNSTREAM_WORKER__EXTRACT": "false",
             "LEARNSTREAM_WORKER__TRIGGERS": "false",
         }
-        args = ["worker", "--web-port", str(self.port), "--loglevel", "warning"]
-        if fetch_max_wait_ms is None:
+        args = ["worker", "--web-port", str(self.port), "--loglevel", loglevel]
+        if not shim.argv():
             cmd = [sys.executable, "-m", "learnstream", *args]
         else:
-            shim = ["--worker-shim", "--fetch-max-wait-ms", str(fetch_max_wait_ms)]
-            cmd = [sys.executable, str(Path(__file__).resolve()), *shim, "--", *args]
+            me = str(Path(__file__).resolve())
+            cmd = [sys.executable, me, "--worker-shim", *shim.argv(), "--", *args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
@@ -278,6 +345,13 @@ class Worker:
                 out[step] = value
         return out
 
+    def batches(self) -> float:
+        """Score batches so far."""
+        for key, value in self.metrics().items():
+            if key.startswith("learnstream_stage_seconds_count{") and 'step="embed"' in key:
+                return value
+        return 0.0
+
     def proc_status(self) -> dict[str, int]:
         """VmRSS and VmHWM in bytes, and the thread count."""
         out = {}
@@ -301,13 +375,28 @@ class Worker:
 
 
 def worker_shim(argv: list[str]) -> None:
-    """Run `learnstream <argv>` with the aiokafka consumer's fetch_max_wait_ms overridden."""
+    """Run `learnstream <argv>` with the experiments of `Shim` applied."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker-shim", action="store_true")
-    ap.add_argument("--fetch-max-wait-ms", type=int, required=True)
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=None)
+    ap.add_argument("--fast-lookup", action="store_true")
+    ap.add_argument("--no-spinner", action="store_true")
     ap.add_argument("rest", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
-    patch_fetch_max_wait(args.fetch_max_wait_ms)
+    if args.fetch_max_wait_ms is not None:
+        patch_fetch_max_wait(args.fetch_max_wait_ms)
+    if args.fast_lookup:
+        patch_fast_lookup()
+    if args.no_spinner:
+        import faust
+
+        init = faust.Worker.__init__
+
+        def worker_init(self: Any, *a: Any, **kw: Any) -> None:
+            init(self, *a, **kw)
+            self.spinner = None
+
+        faust.Worker.__init__ = worker_init  # type: ignore[method-assign]
     from learnstream.cli import main
 
     sys.argv = ["learnstream", *[a for a in args.rest if a != "--"]]
@@ -315,17 +404,106 @@ def worker_shim(argv: list[str]) -> None:
 
 
 def patch_fetch_max_wait(ms: int) -> None:
-    """Every AIOKafkaConsumer created in this process uses ``fetch_max_wait_ms=ms``."""
-    import aiokafka
+    """Faust's worker consumers in this process use ``fetch_max_wait_ms=ms``.
 
-    cls: Any = aiokafka.AIOKafkaConsumer
-    init = cls.__init__
+    Faust passes a hard-coded ``fetch_max_wait_ms=1500`` to aiokafka and has no setting for
+    it; aiokafka reads the value when the consumer starts, so setting it on the freshly
+    created consumer is enough. This is the change suggested for `streams/app.py` on the dev
+    broker (whose mock cluster parks a fetch that finds no data for the whole wait).
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    def __init__(self: Any, *a: Any, **kw: Any) -> None:
-        kw["fetch_max_wait_ms"] = ms
-        init(self, *a, **kw)
+    cls: Any = AIOKafkaConsumerThread
+    create = cls._create_worker_consumer
 
-    cls.__init__ = __init__
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    cls._create_worker_consumer = create_worker_consumer
+
+
+def patch_fast_lookup() -> None:
+    """Answer `interaction-history` searches from an in-process numpy copy of the collection.
+
+    Qdrant local mode evaluates a search's payload filter in Python for every stored point, so
+    each reusability look-up costs O(history) interpreter work (~15 ms per event at 1,000
+    remembered queries, ~150 ms at 10,000). This answers the same requests (cosine >= the
+    threshold, ``ts`` strictly earlier, never the point itself, top ``limit``) exactly, with
+    one matrix product per batch; upserts still go to Qdrant as well.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+    from qdrant_client import QdrantClient
+
+    from scorers.vectors import INTERACTIONS
+
+    query_batch = QdrantClient.query_batch_points
+    upsert = QdrantClient.upsert
+
+    def history(client: Any) -> Any:
+        h = getattr(client, "_bench_history", None)
+        if h is None:
+            h = client._bench_history = SimpleNamespace(
+                ids=[], row={}, vecs=np.zeros((0, 0), np.float32), ts=np.zeros(0)
+            )
+            offset = None
+            while True:  # what an earlier run left in the collection
+                points, offset = client.scroll(
+                    INTERACTIONS, limit=1000, offset=offset, with_vectors=True
+                )
+                add(h, [(str(p.id), p.vector, p.payload["ts"]) for p in points])
+                if offset is None:
+                    break
+        return h
+
+    def add(h: Any, items: list[tuple[str, Any, float]]) -> None:
+        new = [it for it in items if it[0] not in h.row]
+        for pid, vec, ts in items:
+            if pid in h.row:
+                h.vecs[h.row[pid]], h.ts[h.row[pid]] = vec, ts
+        if not new:
+            return
+        vecs = np.asarray([it[1] for it in new], dtype=np.float32)
+        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        h.vecs = vecs if not len(h.ids) else np.vstack([h.vecs, vecs])
+        h.ts = np.concatenate([h.ts, [it[2] for it in new]])
+        for pid, _, _ in new:
+            h.row[pid] = len(h.ids)
+            h.ids.append(pid)
+
+    def fast_query_batch(self: Any, collection_name: str, requests: Any, **kw: Any) -> Any:
+        if collection_name != INTERACTIONS:
+            return query_batch(self, collection_name, requests, **kw)
+        h = history(self)
+        if not len(h.ids):
+            return [SimpleNamespace(points=[]) for _ in requests]
+        q = np.asarray([r.query for r in requests], dtype=np.float32)
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        sims = q @ h.vecs.T
+        out = []
+        for i, r in enumerate(requests):
+            ok = (sims[i] >= (r.score_threshold or -1.0)) & (h.ts < r.filter.must[0].range.lt)
+            for cond in r.filter.must_not:
+                for pid in cond.has_id:
+                    if pid in h.row:
+                        ok[h.row[pid]] = False
+            idx = np.flatnonzero(ok)
+            idx = idx[np.argsort(-sims[i, idx], kind="stable")][: r.limit]
+            pts = [SimpleNamespace(id=h.ids[j], score=float(sims[i, j])) for j in idx]
+            out.append(SimpleNamespace(points=pts))
+        return out
+
+    def mirrored_upsert(self: Any, collection_name: str, points: Any, *a: Any, **kw: Any) -> Any:
+        result = upsert(self, collection_name, points, *a, **kw)
+        if collection_name == INTERACTIONS:
+            add(history(self), [(str(p.id), p.vector, p.payload["ts"]) for p in points])
+        return result
+
+    QdrantClient.query_batch_points = fast_query_batch  # type: ignore[method-assign]
+    QdrantClient.upsert = mirrored_upsert  # type: ignore[method-assign]
 
 
 # --- reading interactions.scored --------------------------------------------------------------
@@ -384,17 +562,15 @@ class Collector:
                 self.seen.setdefault(msg.key().decode(), Seen(msg.timestamp()[1], now))
         self.consumer.close()
 
-    def wait_for(self, ids: list[str], timeout: float) -> list[Seen]:
-        """The records of ``ids`` (all of them, or raises after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_for(self, ids: list[str], deadline: float) -> list[Seen | None]:
+        """The records of ``ids``, waiting until all are in or ``deadline`` (monotonic);
+        None for those still missing then."""
+        while True:
             with self.lock:
-                missing = sum(1 for i in ids if i not in self.seen)
-            if not missing:
-                with self.lock:
-                    return [self.seen[i] for i in ids]
+                found = [self.seen.get(i) for i in ids]
+            if all(found) or time.monotonic() >= deadline:
+                return found
             time.sleep(0.05)
-        raise RuntimeError(f"{missing} of {len(ids)} events not scored within {timeout:.0f}s")
 
     def close(self) -> None:
         """Stop reading."""
@@ -412,13 +588,8 @@ def create_topics(bootstrap: str) -> None:
         p.list_topics(topic, timeout=10)
 
 
-def producer(bootstrap: str) -> Producer:
-    """A confluent-kafka producer that sends at once (no linger), like a live tool."""
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
-
-
 def send_burst(bootstrap: str, maker: EventMaker, texts: list[str]) -> tuple[list[str], float]:
-    """Produce one event per text as fast as possible; (event ids, wall time of first send)."""
+    """Produce one event per text as fast as possible (a backlog); (event ids, send time)."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
     ids = []
     t0 = time.time()
@@ -437,37 +608,82 @@ class Throughput:
     """Scored events/s of one burst."""
 
     n: int
-    rate_first_last: float  # after the first batch: (n - first batch) / (last - first)
-    rate_from_produce: float  # n / (last output - first produce)
+    scored: int  # how many were scored before the phase's time limit
+    rate_first_last: float  # after the first batch: (scored - first batch) / (last - first)
+    rate_from_produce: float  # scored / (last output - first produce)
     seconds: float
     cpu_share: float  # worker CPU seconds / wall seconds / cores
     steps: dict[str, float]  # stage seconds per step during the burst
+    other_cpu: float  # CPU of processes not of this benchmark, share of all cores
 
 
-def burst_throughput(
-    bootstrap: str, maker: EventMaker, worker: Worker, collector: Collector, texts: list[str]
-) -> Throughput:
-    """Produce ``texts`` as one backlog and time the scored records."""
+@dataclass
+class Rig:
+    """The broker's address, the event maker, the worker and the reader of its output."""
+
+    bootstrap: str
+    maker: EventMaker
+    worker: Worker
+    collector: Collector
+    broker_pid: int = 0
+    produced: int = 0  # events produced to this rig's broker
+
+    def other_cpu(self) -> OtherCpu:
+        """A meter of the CPU used by processes other than this rig's, from now."""
+        return OtherCpu(self.broker_pid, self.worker.proc.pid)
+
+
+@contextmanager
+def fresh_rig(work: Path, maker: EventMaker, shim: Shim, loglevel: str) -> Iterator[Rig]:
+    """A new dev broker, a new worker (empty Qdrant) and a reader, warmed up with 64 events."""
+    work.mkdir(parents=True)
+    broker = Broker(work / "broker")
+    worker = None
+    collector = Collector(broker.bootstrap)
+    try:
+        create_topics(broker.bootstrap)
+        worker = Worker(broker.bootstrap, work / "worker", shim, loglevel)
+        collector.start()
+        worker.wait_serving()
+        rig = Rig(broker.bootstrap, maker, worker, collector, broker.proc.pid)
+        # Group join, first fetch, first batch: none of it belongs to a measurement.
+        burst_throughput(rig, unique_texts(f"w{work.name}", 64), 120)
+        yield rig
+    finally:
+        collector.close()
+        if worker is not None:
+            worker.stop()
+        broker.stop()
+
+
+def burst_throughput(rig: Rig, texts: list[str], limit: float) -> Throughput:
+    """Produce ``texts`` as one backlog and time the scored records (for ``limit`` s at most)."""
+    bootstrap, maker, worker, collector = rig.bootstrap, rig.maker, rig.worker, rig.collector
     steps0, cpu0, wall0 = worker.step_seconds(), worker.cpu_seconds(), time.monotonic()
+    other = rig.other_cpu()
     ids, t_produce = send_burst(bootstrap, maker, texts)
-    seen = collector.wait_for(ids, timeout=max(120.0, len(ids) / 20))
+    rig.produced += len(ids)
+    found = collector.wait_for(ids, time.monotonic() + limit)
     cpu, wall = worker.cpu_seconds() - cpu0, time.monotonic() - wall0
     steps1 = worker.step_seconds()
-    stamps = sorted(s.ts_ms for s in seen)
-    first, last = stamps[0], stamps[-1]
+    stamps = sorted(s.ts_ms for s in found if s is not None)
+    first, last = (stamps[0], stamps[-1]) if stamps else (0, 0)
     first_batch = sum(1 for t in stamps if t <= first + 20)
     return Throughput(
         n=len(ids),
-        rate_first_last=(len(ids) - first_batch) / max((last - first) / 1000, 1e-3),
-        rate_from_produce=len(ids) / max(last / 1000 - t_produce, 1e-3),
+        scored=len(stamps),
+        rate_first_last=(len(stamps) - first_batch) / max((last - first) / 1000, 1e-3),
+        rate_from_produce=len(stamps) / max(last / 1000 - t_produce, 1e-3),
         seconds=(last - first) / 1000,
         cpu_share=cpu / wall / (os.cpu_count() or 1),
         steps={k: steps1.get(k, 0.0) - steps0.get(k, 0.0) for k in steps1},
+        other_cpu=other.share(),
     )
 
 
 def bare_model_rate(texts: list[str]) -> tuple[float, float]:
-    """(texts/s, seconds) of the bare model over ``texts`` in the stage's batch size."""
+    """(texts/s, other processes' CPU share) of the bare model over ``texts`` in the stage's
+    batch size."""
     from learnstream.settings import load_settings
     from scorers.embeddings import Embedder
 
@@ -476,33 +692,34 @@ def bare_model_rate(texts: list[str]) -> tuple[float, float]:
     embedder.load()
     embedder.encode(["warm up the model", "and its kernels"])
     batch = settings.score.batch_size
+    other = OtherCpu()
     t0 = time.perf_counter()
     for i in range(0, len(texts), batch):
         embedder.encode(texts[i : i + batch])
     elapsed = time.perf_counter() - t0
-    return len(texts) / elapsed, elapsed
+    return len(texts) / elapsed, other.share()
 
 
 @dataclass
 class Latency:
-    """Produce → scored latencies of a paced run, in milliseconds."""
+    """Produce -> scored latencies of a paced run, in milliseconds."""
 
     n: int
     achieved_rate: float
-    to_send: list[float]  # to the worker's send (output record timestamp)
-    to_receipt: list[float]  # to our consumer's receipt
+    to_send: list[float]  # to the worker's send (output record timestamp), scored ones
+    to_receipt: list[float]  # to our consumer's receipt; inf for those never scored
     windows: list[tuple[float, float, float]]  # (seconds into the run, p50, max) to receipt
+    steps: dict[str, float]
+    batches: float  # score batches during the run
+    other_cpu: float  # CPU of processes not of this benchmark, share of all cores
 
 
-def paced_latency(
-    bootstrap: str,
-    maker: EventMaker,
-    collector: Collector,
-    texts: list[str],
-    rate: float,
-) -> Latency:
+def paced_latency(rig: Rig, texts: list[str], rate: float, grace: float) -> Latency:
     """Produce ``texts`` at ``rate`` per second; latency of each to interactions.scored."""
-    p = producer(bootstrap)
+    bootstrap, maker, worker, collector = rig.bootstrap, rig.maker, rig.worker, rig.collector
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+    steps0, batches0 = worker.step_seconds(), worker.batches()
+    other = rig.other_cpu()
     sent: dict[str, int] = {}
     offsets: list[float] = []
     interval = 1.0 / rate
@@ -517,21 +734,28 @@ def paced_latency(
         p.produce(SOURCE_TOPIC, value, key=key, headers=[("bench-sent-ns", str(sent[event_id]))])
         p.poll(0)
     achieved = len(texts) / (time.perf_counter() - start)
+    rig.produced += len(texts)
     p.flush(30)
     ids = list(sent)
-    seen = collector.wait_for(ids, timeout=120)
-    to_receipt = [(s.recv_ns - sent[i]) / 1e6 for i, s in zip(ids, seen, strict=True)]
+    found = collector.wait_for(ids, time.monotonic() + grace)
+    to_receipt = [
+        (s.recv_ns - sent[i]) / 1e6 if s else float("inf") for i, s in zip(ids, found, strict=True)
+    ]
     windows = []
     for w in range(0, int(offsets[-1]) + 1, 10):
         vals = [v for v, o in zip(to_receipt, offsets, strict=True) if w <= o < w + 10]
         if vals:
             windows.append((float(w), statistics.median(vals), max(vals)))
+    steps1 = worker.step_seconds()
     return Latency(
         n=len(ids),
         achieved_rate=achieved,
-        to_send=[s.ts_ms - sent[i] / 1e6 for i, s in zip(ids, seen, strict=True)],
+        to_send=[s.ts_ms - sent[i] / 1e6 for i, s in zip(ids, found, strict=True) if s],
         to_receipt=to_receipt,
         windows=windows,
+        steps={k: steps1.get(k, 0.0) - steps0.get(k, 0.0) for k in steps1},
+        batches=worker.batches() - batches0,
+        other_cpu=other.share(),
     )
 
 
@@ -541,7 +765,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
-# --- main -----------------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------------
 
 
 def load_average() -> str:
@@ -549,107 +773,157 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def print_report(
-    args: argparse.Namespace,
-    bare: tuple[float, float],
-    unique: Throughput,
-    repeated: Throughput,
-    latency: Latency,
-    memory: dict[str, int],
-    total: int,
-    loads: dict[str, str],
-) -> None:
-    """The table."""
-    mb = 1024 * 1024
-    ratio = unique.rate_first_last / bare[0]
-    lat_p99 = percentile(latency.to_receipt, 99)
-    print()
-    print(f"load average (1/5/15 min): {' | '.join(f'{k} {v}' for k, v in loads.items())}")
-    fetch = f"{args.fetch_max_wait_ms} ms (shim)" if args.fetch_max_wait_ms else "Faust's 1500 ms"
-    print(f"worker: score agent only; consumer fetch_max_wait_ms = {fetch}")
-    print(f"{'measurement':58} {'value':>14}  target")
-    rows = [
-        (f"bare model, {args.n} unique texts, batches of 64 (texts/s)", f"{bare[0]:.1f}", ""),
-        (f"stage, {args.n} unique texts (scored/s, first->last)", f"{unique.rate_first_last:.1f}", ""),
-        ("  ratio stage / bare", f"{ratio:.2f}", ">= 0.70 " + ok(ratio >= 0.7)),
-        ("  scored/s from first produce to last output", f"{unique.rate_from_produce:.1f}", ""),
-        ("  worker CPU (share of all cores)", f"{unique.cpu_share:.0%}", ""),
-        (
-            f"stage, {args.n} texts, {args.repeat_share:.0%} repeated (scored/s)",
-            f"{repeated.rate_first_last:.1f}",
-            "",
-        ),
-        ("  scored/s from first produce to last output", f"{repeated.rate_from_produce:.1f}", ""),
-        (
-            f"latency at {latency.achieved_rate:.1f} ev/s x {latency.n}: p50 to receipt (ms)",
-            f"{percentile(latency.to_receipt, 50):.0f}",
-            "",
-        ),
-        ("  p99 to receipt (ms)", f"{lat_p99:.0f}", "< 500 " + ok(lat_p99 < 500)),
-        ("  max to receipt (ms)", f"{max(latency.to_receipt):.0f}", ""),
-        (
-            "  p50 / p99 to the worker's send (ms)",
-            f"{percentile(latency.to_send, 50):.0f} / {percentile(latency.to_send, 99):.0f}",
-            "",
-        ),
-        (f"worker VmRSS after {total} events (MB)", f"{memory['VmRSS'] / mb:.0f}", "< 1536 " + ok(memory["VmRSS"] < 1536 * mb)),
-        ("  peak VmHWM (MB)", f"{memory['VmHWM'] / mb:.0f}", ""),
-    ]
-    for name, value, target in rows:
-        print(f"{name:58} {value:>14}  {target}")
-    per_window = ", ".join(f"{w:.0f}s: {p50:.0f}/{mx:.0f}" for w, p50, mx in latency.windows)
-    print(f"latency to receipt per 10 s window, p50/max ms: {per_window}")
-    for label, t in (("unique", unique), ("repeated", repeated)):
-        steps = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(t.steps.items()))
-        print(f"stage step seconds during the {label} burst ({t.seconds:.1f}s wall): {steps}")
-
-
 def ok(cond: bool) -> str:
     """PASS or MISS."""
     return "PASS" if cond else "MISS"
 
 
+def ms(value: float) -> str:
+    """Milliseconds, or 'never' for an event that was not scored."""
+    return "never" if value == float("inf") else f"{value:.0f}"
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    bare: tuple[float, float] = (0.0, 0.0)
+    unique: Throughput | None = None
+    repeated: Throughput | None = None
+    latency: Latency | None = None
+    idle_cpu: float | None = None  # worker CPU share of one core while idle
+    memory: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    scored_at_memory: int = 0
+    loads: dict[str, str] = field(default_factory=dict)
+
+
+def throughput_rows(label: str, t: Throughput) -> list[tuple[str, str, str]]:
+    """Table rows of one burst."""
+    partial = "" if t.scored == t.n else f"  (only {t.scored} of {t.n} scored in the limit)"
+    return [
+        (f"stage, {label} (scored/s, first->last)", f"{t.rate_first_last:.1f}", partial),
+        ("  scored/s from first produce to last output", f"{t.rate_from_produce:.1f}", ""),
+        ("  worker CPU (share of all cores)", f"{t.cpu_share:.0%}", ""),
+    ]
+
+
+def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
+    """The table."""
+    mb = 1024 * 1024
+    rows: list[tuple[str, str, str]] = []
+    if r.unique:
+        ratio = r.unique.rate_first_last / r.bare[0]
+        bare = f"bare model, {args.n} unique texts, batches of 64 (texts/s)"
+        rows.append((bare, f"{r.bare[0]:.1f}", ""))
+        rows += throughput_rows(f"{args.n} unique texts", r.unique)
+        rows.append(("  ratio stage / bare", f"{ratio:.2f}", ">= 0.70 " + ok(ratio >= 0.7)))
+    if r.repeated:
+        rows += throughput_rows(f"{args.n} texts, {args.repeat_share:.0%} repeated", r.repeated)
+    if r.latency:
+        lat = r.latency
+        p99 = percentile(lat.to_receipt, 99)
+        scored = sum(1 for v in lat.to_receipt if v != float("inf"))
+        rows += [
+            (
+                f"latency, {lat.achieved_rate:.1f} ev/s x {lat.n}: p50 to receipt (ms)",
+                ms(percentile(lat.to_receipt, 50)),
+                "" if scored == lat.n else f"  ({lat.n - scored} never scored)",
+            ),
+            ("  p99 to receipt (ms)", ms(p99), "< 500 " + ok(p99 < 500)),
+            ("  max to receipt (ms)", ms(max(lat.to_receipt)), ""),
+            (
+                "  p50 / p99 to the worker's send (ms)",
+                f"{percentile(lat.to_send, 50):.0f} / {percentile(lat.to_send, 99):.0f}",
+                "",
+            ),
+            ("  events per score batch", f"{lat.n / max(lat.batches, 1):.1f}", ""),
+        ]
+    if r.idle_cpu is not None:
+        rows.append(("worker CPU while idle (share of one core)", f"{r.idle_cpu:.1%}", ""))
+    if r.memory:
+        rss = r.memory["VmRSS"]
+        rows += [
+            (
+                f"worker VmRSS, {r.scored_at_memory} of {r.events} events scored (MB)",
+                f"{rss / mb:.0f}",
+                "< 1536 " + ok(rss < 1536 * mb),
+            ),
+            ("  peak VmHWM (MB)", f"{r.memory['VmHWM'] / mb:.0f}", ""),
+        ]
+    print()
+    print(f"load average (1/5/15 min): {' | '.join(f'{k} {v}' for k, v in r.loads.items())}")
+    print(f"worker: score agent only, --loglevel {args.worker_loglevel}; shim: {shim}")
+    print(f"{'measurement':60} {'value':>12}  target")
+    for name, value, target in rows:
+        print(f"{name:60} {value:>12}  {target}")
+    parts = [f"bare model {r.bare[1]:.0%}"]
+    for label, t in (("a unique", r.unique), ("a repeated", r.repeated), ("b", r.latency)):
+        if t is not None:
+            parts.append(f"{label} {t.other_cpu:.0%}")
+    print(f"CPU used by other processes (share of all cores) during: {', '.join(parts)}")
+    if r.latency:
+        per = ", ".join(f"{w:.0f}s {ms(p50)}/{ms(mx)}" for w, p50, mx in r.latency.windows)
+        print(f"latency to receipt per 10 s of sending, p50/max ms: {per}")
+    for label, steps in (
+        ("unique burst", r.unique.steps if r.unique else None),
+        ("repeated burst", r.repeated.steps if r.repeated else None),
+        ("latency run", r.latency.steps if r.latency else None),
+    ):
+        if steps:
+            text = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(steps.items()))
+            print(f"stage seconds per step, {label}: {text}")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
 def run(args: argparse.Namespace) -> None:
-    """All phases against one broker and one worker."""
+    """Each phase on a fresh dev broker and worker, so none inherits another's history."""
+    shim = Shim(args.fetch_max_wait_ms, args.fast_lookup, args.no_spinner)
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
-    loads = {"start": load_average()}
+    r = Results(loads={"start": load_average()})
     maker = EventMaker()
     unique = unique_texts(f"u{maker.run}", args.n)
     print(f"bare model over {args.n} unique texts ...", flush=True)
-    bare = bare_model_rate(unique)
-    broker = Broker(work / "broker")
-    create_topics(broker.bootstrap)
-    worker = None
-    collector = Collector(broker.bootstrap)
-    try:
-        worker = Worker(broker.bootstrap, work / "worker", args.fetch_max_wait_ms)
-        collector.start()
-        worker.wait_serving()
-        print("worker serving; warming up (group join, first batch) ...", flush=True)
-        burst_throughput(broker.bootstrap, maker, worker, collector, unique_texts("warm", 64))
+    r.bare = bare_model_rate(unique)
+    limit, loglevel = args.phase_limit, args.worker_loglevel
+    with fresh_rig(work / "a-unique", maker, shim, loglevel) as rig:
         print(f"a. burst of {args.n} unique texts ...", flush=True)
-        loads["a"] = load_average()
-        res_unique = burst_throughput(broker.bootstrap, maker, worker, collector, unique)
+        r.loads["a"] = load_average()
+        r.unique = burst_throughput(rig, unique, limit)
+    with fresh_rig(work / "a-repeated", maker, shim, loglevel) as rig:
         rep = repeated_texts(f"r{maker.run}", args.n, args.repeat_share)
         print(f"a. burst of {args.n} texts, {args.repeat_share:.0%} repeated ...", flush=True)
-        res_repeated = burst_throughput(broker.bootstrap, maker, worker, collector, rep)
+        r.repeated = burst_throughput(rig, rep, limit)
+    with fresh_rig(work / "b-c", maker, shim, loglevel) as rig:
         n_paced = int(args.rate * args.duration)
         print(f"b. {n_paced} events at {args.rate}/s ...", flush=True)
-        loads["b"] = load_average()
+        r.loads["b"] = load_average()
         paced = unique_texts(f"p{maker.run}", n_paced)
-        latency = paced_latency(broker.bootstrap, maker, collector, paced, args.rate)
-        if maker.seq < args.rss_after:
+        r.latency = paced_latency(rig, paced, args.rate, 20.0)
+        if wait_idle(rig, 20.0):
+            cpu0 = rig.worker.cpu_seconds()
+            time.sleep(5)
+            r.idle_cpu = (rig.worker.cpu_seconds() - cpu0) / 5
+        if rig.produced < args.rss_after:
             print(f"c. topping up to {args.rss_after} events ...", flush=True)
-            top = unique_texts(f"t{maker.run}", args.rss_after - maker.seq)
-            burst_throughput(broker.bootstrap, maker, worker, collector, top)
-        memory = worker.proc_status()
-        loads["end"] = load_average()
-        print_report(args, bare, res_unique, res_repeated, latency, memory, maker.seq, loads)
-    finally:
-        collector.close()
-        if worker is not None:
-            worker.stop()
-        broker.stop()
+            top = unique_texts(f"t{maker.run}", args.rss_after - rig.produced)
+            burst_throughput(rig, top, args.rss_limit)
+        r.memory, r.events = rig.worker.proc_status(), rig.produced
+        r.scored_at_memory = len(rig.collector.seen)
+        r.loads["end"] = load_average()
+    print_report(args, shim, r)
+
+
+def wait_idle(rig: Rig, limit: float) -> bool:
+    """Until the worker has scored everything produced to it (or ``limit`` s)."""
+    deadline = time.monotonic() + limit
+    while len(rig.collector.seen) < rig.produced:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def main() -> None:
@@ -664,11 +938,24 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of the latency run")
     ap.add_argument("--rss-after", type=int, default=10_000, help="events before reading RSS")
     ap.add_argument(
+        "--phase-limit", type=float, default=45.0, help="seconds to wait for a burst (a) at most"
+    )
+    ap.add_argument(
+        "--rss-limit", type=float, default=60.0, help="seconds to wait for the top-up (c) at most"
+    )
+    ap.add_argument("--worker-loglevel", default="info", help="the worker's --loglevel")
+    ap.add_argument(
         "--fetch-max-wait-ms",
         type=int,
         default=None,
-        help="override the worker's aiokafka fetch_max_wait_ms (Faust: 1500) through a shim",
+        help="shim: the worker's aiokafka fetch_max_wait_ms (Faust hard-codes 1500)",
     )
+    ap.add_argument(
+        "--fast-lookup",
+        action="store_true",
+        help="shim: interaction-history searches by numpy instead of Qdrant local mode",
+    )
+    ap.add_argument("--no-spinner", action="store_true", help="shim: drop Faust's terminal spinner")
     run(ap.parse_args())
 
 
