@@ -48,13 +48,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from learnstream.metrics import metric_set
+from learnstream.signals import install_stop_handlers
 from schemas.dlq import DeadLetter
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED
@@ -826,22 +826,6 @@ class TelemetrySink:
 # --- the process -----------------------------------------------------------------------------
 
 
-def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
-    """SIGINT/SIGTERM set ``stop``; a second signal gets the previous handler's behaviour."""
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.getsignal(sig)
-        signal.signal(sig, handler)
-    return previous
-
-
 def run_sink(
     settings: Settings,
     *,
@@ -865,7 +849,7 @@ def run_sink(
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    previous = _install_signal_handlers(stop) if main else {}
+    previous = install_stop_handlers(stop, log) if main else {}
     try:
         registry = registry or REGISTRY
         url = options.pop("postgres_url", None) or postgres_url(settings)

@@ -59,8 +59,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from consumers.telemetry_sink import DLQ_KEEP_BYTES, _install_signal_handlers
+from consumers.telemetry_sink import DLQ_KEEP_BYTES
 from learnstream.metrics import metric_set
+from learnstream.signals import install_stop_handlers
 from schemas.base import utcnow
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
@@ -776,7 +777,7 @@ def run_trainer(
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    previous = _install_signal_handlers(stop) if main else {}
+    previous = install_stop_handlers(stop, log) if main else {}
     try:
         registry = registry or REGISTRY
         trainer = TrainerConsumer(settings, group_id=group, registry=registry, stop=stop, **options)
