@@ -54,11 +54,27 @@ DEAD_LETTER_MAX_BYTES = 1_048_576
 _MAX_BACKOFF_S = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
+class _Route:
+    """What the hot path needs per source, looked up once (enum hashing runs Python code)."""
+
+    source: Source
+    name: str
+    topic: str
+    models: Mapping[str, type[SourceEvent]]
+    emitted: Any  # the source's emitted counter
+    headers: dict[tuple[str, int], list[tuple[str, bytes]]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Event:
     payload: SourceEvent | Mapping[str, Any]
-    source: Source
+    route: _Route
     event_id: str
+
+    @property
+    def source(self) -> Source:
+        return self.route.source
 
 
 @dataclass
@@ -91,12 +107,13 @@ class EventIds:
     """
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
+        p = os.urandom(8).hex()
+        self._head = f"{p[:8]}-{p[8:12]}-4{p[13:16]}-a"
         self._counter = itertools.count()
 
     def __call__(self) -> str:
-        p, n = self._prefix, f"{next(self._counter):015x}"
-        return f"{p[:8]}-{p[8:12]}-4{p[13:16]}-a{n[:3]}-{n[3:]}"
+        n = f"{next(self._counter):015x}"
+        return f"{self._head}{n[:3]}-{n[3:]}"
 
 
 def record_headers(event: SourceEvent) -> list[tuple[str, bytes]]:
@@ -143,6 +160,7 @@ class TelemetryProducer:
         self.metrics = ProducerMetrics.on(registry)
         ps = self.settings.producer
         self._timeout_s = ps.delivery_timeout_ms / 1000
+        self._max_event_bytes = self.settings.max_event_bytes
         conf = client_config(
             self.settings,
             **{
@@ -167,10 +185,13 @@ class TelemetryProducer:
         self._closed = False
         self._outstanding = 0  # records handed to librdkafka without a delivery report yet
         self._new_id = EventIds()
-        self._models = EVENT_MODELS
-        self._topics = {s: telemetry_topic(s) for s in Source}
-        self._headers: dict[tuple[Source, str, int], list[tuple[str, bytes]]] = {}
-        self._emitted = {s: self.metrics.emitted.labels(s.value) for s in Source}
+        self._routes = {
+            s: _Route(
+                s, s.value, telemetry_topic(s), EVENT_MODELS[s], self.metrics.emitted.labels(s)
+            )
+            for s in Source
+        }
+        self._default_route = self._routes[self.source] if self.source else None
         self._delivered_counts: dict[str, int] = {}
         if self._spooling:
             log.info(
@@ -194,15 +215,21 @@ class TelemetryProducer:
         """
         if self._closed:
             raise RuntimeError("emit() on a closed TelemetryProducer")
-        if isinstance(event, SourceEvent):
-            src = event.SOURCE
+        if type(event) is not dict and isinstance(event, SourceEvent):
+            route = self._routes[event.SOURCE]
             event_id = event.event_id or self._new_id()
         else:
-            src = self._source_for(source)
+            default = self._default_route
+            route = (
+                default
+                if source is None and default is not None
+                else self._routes[self._source_for(source)]
+            )
             event_id = event.get("event_id") or self._new_id()
-        self._emitted[src].inc()
-        self._queue.put(_Event(event, src, str(event_id)))
-        return str(event_id)
+        event_id = event_id if type(event_id) is str else str(event_id)
+        route.emitted.inc()
+        self._queue.put(_Event(event, route, event_id))
+        return event_id
 
     def dead_letter(
         self, raw: bytes | str, reason: str, *, source: Source | str | None = None, **fields: Any
@@ -306,7 +333,7 @@ class TelemetryProducer:
         payload = item.payload
         value = b""
         try:
-            if isinstance(payload, SourceEvent):
+            if type(payload) is not dict and isinstance(payload, SourceEvent):
                 event = payload
                 if event.event_id != item.event_id:
                     event = event.model_copy(update={"event_id": item.event_id})
@@ -314,10 +341,10 @@ class TelemetryProducer:
             else:
                 data = dict(payload)
                 data["event_id"] = item.event_id
-                event = self._validate(item.source, data)
+                event = self._validate(item.route, data)
                 # The tool's own event (plus its id), as sent; it has just been validated.
                 value = pydantic_core.to_json(data)
-            limit = self.settings.max_event_bytes
+            limit = self._max_event_bytes
             if len(value) > limit:
                 raise EventError(
                     f"event is {len(value)} bytes, over the limit of {limit} bytes "
@@ -351,33 +378,34 @@ class TelemetryProducer:
                 )
             )
             return
-        static = self._headers.get((event.SOURCE, event.event_type, event.schema_version))
+        route = item.route
+        header_key = (event.event_type, event.schema_version)
+        static = route.headers.get(header_key)
         if static is None:
-            static = self._headers.setdefault(
-                (event.SOURCE, event.event_type, event.schema_version), record_headers(event)[:-1]
-            )
+            static = route.headers.setdefault(header_key, record_headers(event)[:-1])
+        self._seq += 1
         self._send(
             SpoolRecord(
-                topic=self._topics[event.SOURCE],
-                value=value,
-                key=event.record_key().encode(),
-                headers=[*static, ("event_id", item.event_id.encode())],
-                event_id=item.event_id,
-                seq=self._next_seq(),
-                source=event.SOURCE.value,
+                route.topic,
+                value,
+                event.record_key().encode(),
+                [*static, ("event_id", item.event_id.encode())],
+                item.event_id,
+                self._seq,
+                route.name,
             )
         )
 
-    def _validate(self, source: Source, data: dict[str, Any]) -> SourceEvent:
+    def _validate(self, route: _Route, data: dict[str, Any]) -> SourceEvent:
         """`validate_event` with a fast path for the common case of a valid event."""
-        event_type = data.get("event_type", data.get("event"))
-        model = self._models[source].get(event_type) if isinstance(event_type, str) else None
+        event_type = data.get("event_type") or data.get("event")
+        model = route.models.get(event_type) if type(event_type) is str else None
         if model is not None:
             try:
-                return model.model_validate(data)
+                return model.__pydantic_validator__.validate_python(data)
             except ValidationError:
                 pass  # validate_event below raises with the full, clear reason
-        return validate_event(source, data)
+        return validate_event(route.source, data)
 
     def _dlq_record(
         self, raw: bytes, source: str | None, reason: str, fields: dict[str, Any]
@@ -410,7 +438,13 @@ class TelemetryProducer:
             self._to_spool(rec)
             return
         try:
-            self._produce(rec, partial(self._on_delivery, rec))
+            self._producer.produce(
+                rec.topic,
+                rec.value,
+                rec.key,
+                headers=rec.headers,  # type: ignore[arg-type]
+                on_delivery=partial(self._on_delivery, rec),
+            )
             self._outstanding += 1
         except BufferError:  # local queue full: the broker is slow
             self._failed.append((rec, False))
