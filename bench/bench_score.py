@@ -23,14 +23,15 @@ c. The same worker's resident memory (VmRSS, and the peak VmHWM) once ``--rss-af
 
     python bench/bench_score.py [--n 3000] [--repeat-share 0.8] [--rate 50] [--duration 60]
                                 [--rss-after 10000] [--phase-limit 45] [--rss-limit 60]
-                                [--fetch-max-wait-ms MS] [--fast-lookup] [--no-spinner]
+                                [--fetch-max-wait-ms MS] [--qdrant-lookup] [--no-spinner]
 
 The last three flags start the worker through a shim (this file) that changes one thing
 inside the worker process, to measure a suggested package change without making it:
 ``--fetch-max-wait-ms`` sets the Faust worker consumer's fetch_max_wait_ms (Faust hard-codes
-1500; the dev broker parks an empty fetch that long), ``--fast-lookup`` answers the
-interaction-history searches with numpy instead of Qdrant local mode (whose payload filter
-costs O(history) Python per search), ``--no-spinner`` drops Faust's terminal spinner (which
+1500; the dev broker parks an empty fetch that long), ``--qdrant-lookup`` sends the
+interaction-history searches to Qdrant local mode instead of the worker's in-memory
+`HistoryIndex` (local mode's payload filter costs O(history) Python per search; this is how
+the worker worked before the index), ``--no-spinner`` drops Faust's terminal spinner (which
 sets the root logger to DEBUG when --worker-loglevel is warning or error).
 """
 
@@ -271,7 +272,7 @@ class Shim:
     """Experiments applied inside the worker process (the package code is left as it is)."""
 
     fetch_max_wait_ms: int | None = None  # aiokafka consumer's fetch_max_wait_ms (Faust: 1500)
-    fast_lookup: bool = False  # interaction-history searches by numpy instead of Qdrant local
+    qdrant_lookup: bool = False  # history searches by Qdrant local mode, not the numpy index
     no_spinner: bool = False  # drop Faust's terminal spinner (loglevel >= warning)
 
     def argv(self) -> list[str]:
@@ -279,8 +280,8 @@ class Shim:
         out = []
         if self.fetch_max_wait_ms is not None:
             out += ["--fetch-max-wait-ms", str(self.fetch_max_wait_ms)]
-        if self.fast_lookup:
-            out.append("--fast-lookup")
+        if self.qdrant_lookup:
+            out.append("--qdrant-lookup")
         if self.no_spinner:
             out.append("--no-spinner")
         return out
@@ -379,14 +380,14 @@ def worker_shim(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker-shim", action="store_true")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=None)
-    ap.add_argument("--fast-lookup", action="store_true")
+    ap.add_argument("--qdrant-lookup", action="store_true")
     ap.add_argument("--no-spinner", action="store_true")
     ap.add_argument("rest", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     if args.fetch_max_wait_ms is not None:
         patch_fetch_max_wait(args.fetch_max_wait_ms)
-    if args.fast_lookup:
-        patch_fast_lookup()
+    if args.qdrant_lookup:
+        patch_qdrant_lookup()
     if args.no_spinner:
         import faust
 
@@ -424,86 +425,20 @@ def patch_fetch_max_wait(ms: int) -> None:
     cls._create_worker_consumer = create_worker_consumer
 
 
-def patch_fast_lookup() -> None:
-    """Answer `interaction-history` searches from an in-process numpy copy of the collection.
+def patch_qdrant_lookup() -> None:
+    """History look-ups go to Qdrant local mode itself instead of the in-memory `HistoryIndex`.
 
-    Qdrant local mode evaluates a search's payload filter in Python for every stored point, so
-    each reusability look-up costs O(history) interpreter work (~15 ms per event at 1,000
-    remembered queries, ~150 ms at 10,000). This answers the same requests (cosine >= the
-    threshold, ``ts`` strictly earlier, never the point itself, top ``limit``) exactly, with
-    one matrix product per batch; upserts still go to Qdrant as well.
+    This is how the worker looked up history before `HistoryIndex`: local mode checks the
+    payload filter in Python for every stored point, so each look-up costs O(history).
     """
-    from types import SimpleNamespace
+    from scorers import vectors
 
-    import numpy as np
-    from qdrant_client import QdrantClient
+    init = vectors.VectorLookups.__init__
 
-    from scorers.vectors import INTERACTIONS
+    def qdrant_init(self: Any, client: Any, *, history_index: bool | None = None) -> None:
+        init(self, client, history_index=False)
 
-    query_batch = QdrantClient.query_batch_points
-    upsert = QdrantClient.upsert
-
-    def history(client: Any) -> Any:
-        h = getattr(client, "_bench_history", None)
-        if h is None:
-            h = client._bench_history = SimpleNamespace(
-                ids=[], row={}, vecs=np.zeros((0, 0), np.float32), ts=np.zeros(0)
-            )
-            offset = None
-            while True:  # what an earlier run left in the collection
-                points, offset = client.scroll(
-                    INTERACTIONS, limit=1000, offset=offset, with_vectors=True
-                )
-                add(h, [(str(p.id), p.vector, p.payload["ts"]) for p in points])
-                if offset is None:
-                    break
-        return h
-
-    def add(h: Any, items: list[tuple[str, Any, float]]) -> None:
-        new = [it for it in items if it[0] not in h.row]
-        for pid, vec, ts in items:
-            if pid in h.row:
-                h.vecs[h.row[pid]], h.ts[h.row[pid]] = vec, ts
-        if not new:
-            return
-        vecs = np.asarray([it[1] for it in new], dtype=np.float32)
-        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        h.vecs = vecs if not len(h.ids) else np.vstack([h.vecs, vecs])
-        h.ts = np.concatenate([h.ts, [it[2] for it in new]])
-        for pid, _, _ in new:
-            h.row[pid] = len(h.ids)
-            h.ids.append(pid)
-
-    def fast_query_batch(self: Any, collection_name: str, requests: Any, **kw: Any) -> Any:
-        if collection_name != INTERACTIONS:
-            return query_batch(self, collection_name, requests, **kw)
-        h = history(self)
-        if not len(h.ids):
-            return [SimpleNamespace(points=[]) for _ in requests]
-        q = np.asarray([r.query for r in requests], dtype=np.float32)
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        sims = q @ h.vecs.T
-        out = []
-        for i, r in enumerate(requests):
-            ok = (sims[i] >= (r.score_threshold or -1.0)) & (h.ts < r.filter.must[0].range.lt)
-            for cond in r.filter.must_not:
-                for pid in cond.has_id:
-                    if pid in h.row:
-                        ok[h.row[pid]] = False
-            idx = np.flatnonzero(ok)
-            idx = idx[np.argsort(-sims[i, idx], kind="stable")][: r.limit]
-            pts = [SimpleNamespace(id=h.ids[j], score=float(sims[i, j])) for j in idx]
-            out.append(SimpleNamespace(points=pts))
-        return out
-
-    def mirrored_upsert(self: Any, collection_name: str, points: Any, *a: Any, **kw: Any) -> Any:
-        result = upsert(self, collection_name, points, *a, **kw)
-        if collection_name == INTERACTIONS:
-            add(history(self), [(str(p.id), p.vector, p.payload["ts"]) for p in points])
-        return result
-
-    QdrantClient.query_batch_points = fast_query_batch  # type: ignore[method-assign]
-    QdrantClient.upsert = mirrored_upsert  # type: ignore[method-assign]
+    vectors.VectorLookups.__init__ = qdrant_init  # type: ignore[method-assign]
 
 
 # --- reading interactions.scored --------------------------------------------------------------
@@ -880,7 +815,7 @@ def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Each phase on a fresh dev broker and worker, so none inherits another's history."""
-    shim = Shim(args.fetch_max_wait_ms, args.fast_lookup, args.no_spinner)
+    shim = Shim(args.fetch_max_wait_ms, args.qdrant_lookup, args.no_spinner)
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     r = Results(loads={"start": load_average()})
     maker = EventMaker()
@@ -951,9 +886,9 @@ def main() -> None:
         help="shim: the worker's aiokafka fetch_max_wait_ms (Faust hard-codes 1500)",
     )
     ap.add_argument(
-        "--fast-lookup",
+        "--qdrant-lookup",
         action="store_true",
-        help="shim: interaction-history searches by numpy instead of Qdrant local mode",
+        help="shim: interaction-history searches by Qdrant local mode, not the numpy index",
     )
     ap.add_argument("--no-spinner", action="store_true", help="shim: drop Faust's terminal spinner")
     run(ap.parse_args())

@@ -1,0 +1,102 @@
+"""The in-memory interaction history answers what Qdrant local mode answers, and persists."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from scorers.score import REUSABILITY_MIN_COSINE, REUSABILITY_TOP_K
+from scorers.vectors import (
+    INTERACTIONS,
+    HistoryIndex,
+    HistoryPoint,
+    VectorLookups,
+    ensure_collections,
+    interaction_point_id,
+)
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+DIM = 16
+
+
+def clustered_points(n: int, seed: int) -> list[HistoryPoint]:
+    """Points around a few centres, so many pairs are above the 0.85 threshold and many not."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, DIM))
+    points = []
+    for i in range(n):
+        vec = centres[i % 5] + rng.normal(scale=0.25, size=DIM)
+        vec = (vec / np.linalg.norm(vec)).astype(np.float32)
+        at = T0 + timedelta(seconds=int(rng.integers(0, 3600)))
+        points.append(HistoryPoint(f"e{seed}-{i}", at, vec, "aidb", f"q{i}"))
+    return points
+
+
+def local_client(path: Path) -> QdrantClient:
+    client = QdrantClient(path=str(path))
+    ensure_collections(client, DIM)
+    return client
+
+
+def test_index_answers_exactly_what_qdrant_answers(tmp_path: Path) -> None:
+    client = local_client(tmp_path / "q")
+    stored = clustered_points(300, seed=1)
+    VectorLookups(client, history_index=False).remember(stored)
+    # Queries: new points, and stored ones (which must never find themselves).
+    queries = clustered_points(40, seed=2) + stored[:40]
+
+    by_qdrant = VectorLookups(client, history_index=False)._history_hits(queries)
+    with_index = VectorLookups(client, history_index=True)
+    by_index = with_index._history_hits(queries)
+
+    assert with_index.history is not None and len(with_index.history) == 300
+    assert by_index == by_qdrant
+    assert sum(len(h) for h in by_qdrant) > 100  # the comparison is not vacuous
+    assert any(len(h) == REUSABILITY_TOP_K for h in by_qdrant)  # the limit is exercised
+    for q, hits in zip(queries, by_index, strict=True):
+        assert interaction_point_id(q.event_id) not in hits
+
+
+def test_search_keeps_the_best_hits_in_order() -> None:
+    index = HistoryIndex()
+    base = np.eye(4, dtype=np.float32)[0]
+    vecs = [base + np.float32(0.05 * k) * np.eye(4, dtype=np.float32)[1] for k in range(15)]
+    index.add([f"p{k}" for k in range(15)], vecs, [float(k) for k in range(15)])
+    [hits] = index.search([base], [100.0], ["p0"], REUSABILITY_MIN_COSINE, 10)
+    assert [pid for pid, _ in hits] == [f"p{k}" for k in range(1, 11)]
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    [early] = index.search([base], [3.0], ["none"], REUSABILITY_MIN_COSINE, 10)
+    assert [pid for pid, _ in early] == ["p0", "p1", "p2"]  # ts strictly before 3.0
+
+
+def test_remember_updates_the_index_and_a_restart_reloads_it(tmp_path: Path) -> None:
+    client = local_client(tmp_path / "q")
+    lookups = VectorLookups(client)  # local mode: the index is on by default
+    first, later = clustered_points(50, seed=3), clustered_points(20, seed=4)
+    assert lookups.history is not None and len(lookups.history) == 0
+    lookups.remember(first)
+    lookups.remember(first[:10])  # upserts are idempotent by event id
+    assert len(lookups.history) == 50
+    before = lookups.lookup(later)
+    client.close()
+
+    reopened = VectorLookups(local_client(tmp_path / "q"))
+    assert reopened.history is not None and len(reopened.history) == 50
+    assert reopened.lookup(later) == before
+    assert sum(x.similar_earlier for x in before) > 0
+
+
+def test_history_collection_runs_in_wal_mode(tmp_path: Path) -> None:
+    client = local_client(tmp_path / "q")
+    conn = client._client.collections[INTERACTIONS].storage.storage
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_index_rejects_a_mismatched_batch() -> None:
+    with pytest.raises(ValueError):
+        HistoryIndex().add(["a", "b"], [np.ones(4, dtype=np.float32)], [1.0, 2.0])
