@@ -297,6 +297,14 @@ def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
 
     after_feedback = _wait(updated, 60, "pattern feedback", worker)
     assert after_feedback["usage_count"] == pattern["usage_count"] + 1
+    # The feedback event is high-value too: it is learned like any other.
+    consume(
+        bootstrap,
+        ["patterns.learned"],
+        keep=_ours("learned"),
+        until=lambda kept: any(r.json()["event_id"] == used["event_id"] for r in kept),
+        timeout=120,
+    )
     assert worker.metric("learnstream_dlq_total", stage="extract") == 0
 
 
@@ -304,8 +312,22 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
     dev_broker: DevBrokerProcess, worker: WorkerProcess
 ) -> None:
     path = f"/api/v1/improvement/status?base_model={BASE_MODEL}"
-    _code, before = _http(worker, path)
-    assert before["learnings_total"] >= len(QUERIES)
+    learned = consume(
+        dev_broker.bootstrap_servers,
+        ["patterns.learned"],
+        keep=_ours("learned"),
+        until=lambda kept: len(kept) >= len(QUERIES),
+        timeout=60,
+        settle=3,
+    )
+    count = len({r.json()["event_id"] for r in learned})
+    # Every learning published so far is counted before the restart.
+    _code, before = _wait(
+        lambda: (s := _http(worker, path))[1].get("learnings_total") == count and s,
+        60,
+        f"{count} learnings counted",
+        worker,
+    )
     assert worker.stop() == 0, worker.log()[-3000:]
 
     # Same group, same data dir: the table is recovered from its changelog topic.
