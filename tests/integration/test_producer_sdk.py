@@ -232,6 +232,61 @@ def test_broker_stall_during_a_run_loses_nothing(tmp_path: Path) -> None:
         assert first_seen == [f"question {i}" for i in range(len(ids)) if i % 4 == s]
 
 
+def test_records_failed_in_librdkafka_are_spooled_with_their_exact_headers(
+    tmp_path: Path,
+) -> None:
+    """Delivery reports carry no headers; the SDK rebuilds them, and keeps the emit order."""
+    settings = _settings(DEAD, tmp_path)
+    producer = TelemetryProducer("ralph", settings, registry=CollectorRegistry())
+    # Ralph names the type field "event"; the record header still says event_type.
+    submitted = producer.emit(
+        {
+            "event": "task_submitted",
+            "task_id": "t9",
+            "prompt": "p",
+            "timestamp": "2026-11-02T09:14:05Z",
+        }
+    )
+    model = parse_event("aidb", json.dumps(event("aidb", "completion", session_id="s7")))
+    completion = producer.emit(model)
+    producer.dead_letter(b"{not json", "malformed JSON", source="ralph")
+    assert producer.flush(20) == 0
+    producer.close()
+
+    from streams.producers.spool import Spool
+
+    spool = Spool(settings.spool_dir / "sdk-ralph", settings.producer.spool_max_bytes)
+    records = [rec for _, rec in spool.peek(10)]
+    spool.close()
+    json_type = ("content-type", b"application/json")
+    assert [r.topic for r in records] == ["telemetry.ralph", "telemetry.aidb", "telemetry.dlq"]
+    ralph, aidb, letter = records
+    assert ralph.headers == [
+        ("source", b"ralph"),
+        ("event_type", b"task_submitted"),
+        ("schema_version", b"1"),
+        json_type,
+        ("event_id", submitted.encode()),
+    ]
+    assert (ralph.key, ralph.event_id, ralph.source) == (b"t9", submitted, "ralph")
+    assert aidb.headers == [
+        ("source", b"aidb"),
+        ("event_type", b"completion"),
+        ("schema_version", b"1"),
+        json_type,
+        ("event_id", completion.encode()),
+    ]
+    assert (aidb.key, aidb.event_id, aidb.source) == (b"s7", completion, "aidb")
+    assert letter.headers == [
+        ("source", b"ralph"),
+        ("event_type", b"dead_letter"),
+        ("schema_version", b"1"),
+        json_type,
+    ]
+    assert letter.key == letter.event_id.encode() and letter.source == "ralph"
+    assert json.loads(letter.value)["error"] == "malformed JSON"
+
+
 def test_full_spool_keeps_the_oldest_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
