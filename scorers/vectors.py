@@ -33,7 +33,7 @@ from scorers.score import (
 
 if TYPE_CHECKING:
     import numpy as np
-    from qdrant_client import QdrantClient
+    from qdrant_client import QdrantClient, models
 
 INTERACTIONS = "interaction-history"
 PATTERNS = "skills-patterns"
@@ -215,6 +215,32 @@ class HistoryPoint:
     query: str
 
 
+def _earlier_similar(
+    point: HistoryPoint, time_field: str, limit: int, threshold: float, *, exclude_self: bool
+) -> models.QueryRequest:
+    """A search for points similar to ``point`` and strictly older than it."""
+    from qdrant_client import models
+
+    return models.QueryRequest(
+        query=point.vector.tolist(),
+        limit=limit,
+        score_threshold=threshold,
+        with_payload=False,
+        filter=models.Filter(
+            must=[
+                models.FieldCondition(
+                    key=time_field, range=models.Range(lt=point.timestamp.timestamp())
+                )
+            ],
+            must_not=(
+                [models.HasIdCondition(has_id=[interaction_point_id(point.event_id)])]
+                if exclude_self
+                else None
+            ),
+        ),
+    )
+
+
 class VectorLookups:
     """The two similarity look-ups for a batch of interactions, and history upserts.
 
@@ -236,7 +262,6 @@ class VectorLookups:
 
     def _history_hits(self, points: Sequence[HistoryPoint]) -> list[set[str]]:
         """Ids of earlier similar interactions in the stored history, per point."""
-        from qdrant_client import models
 
         index = self.history
         if index is not None:
@@ -249,20 +274,7 @@ class VectorLookups:
             )
             return [{pid for pid, _ in h} for h in hits]
         requests = [
-            models.QueryRequest(
-                query=p.vector.tolist(),
-                limit=REUSABILITY_TOP_K,
-                score_threshold=REUSABILITY_MIN_COSINE,
-                with_payload=False,
-                filter=models.Filter(
-                    must=[
-                        models.FieldCondition(
-                            key="ts", range=models.Range(lt=p.timestamp.timestamp())
-                        )
-                    ],
-                    must_not=[models.HasIdCondition(has_id=[interaction_point_id(p.event_id)])],
-                ),
-            )
+            _earlier_similar(p, "ts", REUSABILITY_TOP_K, REUSABILITY_MIN_COSINE, exclude_self=True)
             for p in points
         ]
         history = self.client.query_batch_points(INTERACTIONS, requests=requests)
@@ -275,25 +287,12 @@ class VectorLookups:
         first run; on a replay they are, and are not counted twice).
         """
         import numpy as np
-        from qdrant_client import models
 
         if not points:
             return []
         history = self._history_hits(points)
         pattern_requests = [
-            models.QueryRequest(
-                query=p.vector.tolist(),
-                limit=NOVELTY_TOP_K,
-                score_threshold=NOVELTY_MIN_COSINE,
-                with_payload=False,
-                filter=models.Filter(
-                    must=[
-                        models.FieldCondition(
-                            key="created_ts", range=models.Range(lt=p.timestamp.timestamp())
-                        )
-                    ]
-                ),
-            )
+            _earlier_similar(p, "created_ts", NOVELTY_TOP_K, NOVELTY_MIN_COSINE, exclude_self=False)
             for p in points
         ]
         patterns = self.client.query_batch_points(PATTERNS, requests=pattern_requests)

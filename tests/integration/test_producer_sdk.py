@@ -258,31 +258,23 @@ def test_records_failed_in_librdkafka_are_spooled_with_their_exact_headers(
     spool = Spool(settings.spool_dir / "sdk-ralph", settings.producer.spool_max_bytes)
     records = [rec for _, rec in spool.peek(10)]
     spool.close()
-    json_type = ("content-type", b"application/json")
+
+    def headers(source: str, event_type: str, event_id: str | None) -> list[tuple[str, bytes]]:
+        out = [
+            ("source", source.encode()),
+            ("event_type", event_type.encode()),
+            ("schema_version", b"1"),
+            ("content-type", b"application/json"),
+        ]
+        return out + ([("event_id", event_id.encode())] if event_id else [])
+
     assert [r.topic for r in records] == ["telemetry.ralph", "telemetry.aidb", "telemetry.dlq"]
     ralph, aidb, letter = records
-    assert ralph.headers == [
-        ("source", b"ralph"),
-        ("event_type", b"task_submitted"),
-        ("schema_version", b"1"),
-        json_type,
-        ("event_id", submitted.encode()),
-    ]
+    assert ralph.headers == headers("ralph", "task_submitted", submitted)
     assert (ralph.key, ralph.event_id, ralph.source) == (b"t9", submitted, "ralph")
-    assert aidb.headers == [
-        ("source", b"aidb"),
-        ("event_type", b"completion"),
-        ("schema_version", b"1"),
-        json_type,
-        ("event_id", completion.encode()),
-    ]
+    assert aidb.headers == headers("aidb", "completion", completion)
     assert (aidb.key, aidb.event_id, aidb.source) == (b"s7", completion, "aidb")
-    assert letter.headers == [
-        ("source", b"ralph"),
-        ("event_type", b"dead_letter"),
-        ("schema_version", b"1"),
-        json_type,
-    ]
+    assert letter.headers == headers("ralph", "dead_letter", None)
     assert letter.key == letter.event_id.encode() and letter.source == "ralph"
     assert json.loads(letter.value)["error"] == "malformed JSON"
 
