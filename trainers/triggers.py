@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from learnstream.settings import TriggerSettings
 from schemas.base import UtcDatetime
+from schemas.interaction import Outcome, ScoredInteraction
+from schemas.pattern import LearnedPattern
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 
 TRIGGER_NS = uuid.UUID("5d1f9a0e-7b7c-4c53-9f0e-2a4a9d0c6b11")
@@ -55,6 +57,38 @@ class ImprovementEvent(BaseModel):
     result: TrainingResult | None = None
     requested_by: str | None = None
     detail: str = ""
+
+
+def from_learned(record: LearnedPattern, default_base_model: str) -> ImprovementEvent:
+    """The learning a ``patterns.learned`` record counts as (one per event and pattern)."""
+    return ImprovementEvent(
+        kind="learning",
+        base_model=record.base_model or default_base_model,
+        at=record.learned_at,
+        event_id=f"{record.event_id}/{record.pattern.pattern_id}",
+        pattern_id=record.pattern.pattern_id,
+        pattern_name=record.pattern.name,
+        status=record.status,
+    )
+
+
+def from_scored(scored: ScoredInteraction, base_model: str) -> ImprovementEvent | None:
+    """The outcome a scored interaction counts as, or None (lifecycle, unknown outcome)."""
+    i = scored.interaction
+    if not i.scorable or i.outcome is Outcome.UNKNOWN:
+        return None
+    return ImprovementEvent(
+        kind="outcome",
+        base_model=base_model,
+        at=i.timestamp,
+        event_id=i.event_id,
+        success=i.outcome is Outcome.SUCCESS,
+    )
+
+
+def from_result(result: TrainingResult, now: datetime) -> ImprovementEvent:
+    """A ``training.results`` record as an improvement event (received ``now``)."""
+    return ImprovementEvent(kind="result", base_model=result.base_model, at=now, result=result)
 
 
 class RecentLearning(BaseModel):

@@ -26,11 +26,11 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from schemas.interaction import Outcome, ScoredInteraction
+from schemas.interaction import ScoredInteraction
 from schemas.pattern import LearnedPattern
 from schemas.topics import (
     INTERACTIONS_SCORED,
@@ -39,7 +39,15 @@ from schemas.topics import (
     TRAINING_TRIGGERS,
 )
 from schemas.training import TrainingResult
-from trainers.triggers import ImprovementEvent, ImprovementState, evaluate, step
+from trainers.triggers import (
+    ImprovementEvent,
+    ImprovementState,
+    evaluate,
+    from_learned,
+    from_result,
+    from_scored,
+    step,
+)
 
 if TYPE_CHECKING:
     import faust
@@ -48,6 +56,7 @@ if TYPE_CHECKING:
     from streams.app import StreamContext
 
 log = logging.getLogger("learnstream.triggers")
+M = TypeVar("M", bound=BaseModel)
 JSON = b"application/json"
 
 
@@ -141,59 +150,40 @@ def register_forwarders(
     def raw_topic(name: str) -> Any:
         return app.topic(name, key_type=bytes, value_type=bytes, **raw)
 
-    @app.agent(raw_topic(PATTERNS_LEARNED.name), name="improvement-learned")
-    async def learned(stream: Any) -> None:
-        async for value in stream:
-            try:
-                record = LearnedPattern.model_validate_json(value)
-            except ValidationError as exc:
-                log.warning("skipping an invalid patterns.learned record: %s", exc.errors()[0])
-                continue
-            await forward(
-                ImprovementEvent(
-                    kind="learning",
-                    base_model=record.base_model or settings.base_model,
-                    at=record.learned_at,
-                    event_id=f"{record.event_id}/{record.pattern.pattern_id}",
-                    pattern_id=record.pattern.pattern_id,
-                    pattern_name=record.pattern.name,
-                    status=record.status,
-                )
-            )
+    def forwarder(
+        topic: str, name: str, model: type[M], to_event: Callable[[M], ImprovementEvent | None]
+    ) -> None:
+        @app.agent(raw_topic(topic), name=name)
+        async def agent(stream: Any) -> None:
+            async for value in stream:
+                try:
+                    record = model.model_validate_json(value)
+                except ValidationError as exc:  # nothing to count: log and skip
+                    log.warning("skipping an invalid %s record: %s", topic, exc.errors()[0])
+                    continue
+                event = to_event(record)
+                if event is not None:
+                    await forward(event)
 
-    @app.agent(raw_topic(INTERACTIONS_SCORED.name), name="improvement-outcomes")
-    async def outcomes(stream: Any) -> None:
-        async for value in stream:
-            try:
-                scored = ScoredInteraction.model_validate_json(value)
-            except ValidationError:
-                continue  # the sink dead-letters invalid scored records
-            i = scored.interaction
-            if not i.scorable or i.outcome is Outcome.UNKNOWN:
-                continue
-            await forward(
-                ImprovementEvent(
-                    kind="outcome",
-                    base_model=settings.base_model,
-                    at=i.timestamp,
-                    event_id=i.event_id,
-                    success=i.outcome is Outcome.SUCCESS,
-                )
-            )
-
-    @app.agent(raw_topic(TRAINING_RESULTS.name), name="improvement-results")
-    async def results(stream: Any) -> None:
-        async for value in stream:
-            try:
-                result = TrainingResult.model_validate_json(value)
-            except ValidationError as exc:
-                log.warning("skipping an invalid training.results record: %s", exc.errors()[0])
-                continue
-            await forward(
-                ImprovementEvent(
-                    kind="result", base_model=result.base_model, at=_now(), result=result
-                )
-            )
+    base_model = settings.base_model
+    forwarder(
+        PATTERNS_LEARNED.name,
+        "improvement-learned",
+        LearnedPattern,
+        lambda r: from_learned(r, base_model),
+    )
+    forwarder(
+        INTERACTIONS_SCORED.name,
+        "improvement-outcomes",
+        ScoredInteraction,
+        lambda r: from_scored(r, base_model),
+    )
+    forwarder(
+        TRAINING_RESULTS.name,
+        "improvement-results",
+        TrainingResult,
+        lambda r: from_result(r, _now()),
+    )
 
 
 def load(table: Any, base_model: str) -> ImprovementState:

@@ -7,8 +7,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from learnstream.settings import TriggerSettings
+from schemas.interaction import Outcome
+from schemas.pattern import LearnedPattern, Pattern
 from schemas.training import TrainingResult, TriggerReason
-from trainers.triggers import ImprovementEvent, ImprovementState, evaluate, step, trigger_id
+from tests.unit.test_extract_support import candidate
+from trainers.triggers import (
+    ImprovementEvent,
+    ImprovementState,
+    evaluate,
+    from_learned,
+    from_result,
+    from_scored,
+    step,
+    trigger_id,
+)
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 MODEL = "tiny/model"
@@ -155,3 +167,47 @@ def test_first_training_needs_the_minimum_dataset_size_but_manual_does_not() -> 
     assert trigger.requested_by == "alice"
     again, why = step(state, ev("manual", 1), c, T0)
     assert again is None and "still pending" in why
+
+
+def test_learned_records_become_one_learning_per_event_and_pattern() -> None:
+    pattern = Pattern(pattern_id="p1", name="Pytest fixture", description="d")
+    record = LearnedPattern(pattern=pattern, status="merged", event_id="e1", learned_at=T0)
+    event = from_learned(record, "default/model")
+    assert (event.kind, event.base_model, event.at) == ("learning", "default/model", T0)
+    assert (event.event_id, event.pattern_id, event.status) == ("e1/p1", "p1", "merged")
+    own = LearnedPattern(pattern=pattern, status="new", event_id="e1", base_model=MODEL)
+    assert from_learned(own, "default/model").base_model == MODEL
+
+
+@pytest.mark.parametrize(
+    ("outcome", "scorable", "expected"),
+    [
+        (Outcome.SUCCESS, True, True),
+        (Outcome.FAILURE, True, False),
+        (Outcome.PARTIAL, True, False),
+        (Outcome.UNKNOWN, True, None),
+        (Outcome.SUCCESS, False, None),
+    ],
+)
+def test_scored_interactions_become_outcomes_when_they_have_one(
+    outcome: Outcome, scorable: bool, expected: bool | None
+) -> None:
+    scored = candidate("e7", "How do I write a fixture?", outcome=outcome)
+    scored.interaction.scorable = scorable
+    event = from_scored(scored, MODEL)
+    if expected is None:
+        assert event is None
+    else:
+        assert event is not None and event.kind == "outcome" and event.success is expected
+        assert (event.event_id, event.base_model) == ("e7", MODEL)
+
+
+def test_results_are_stamped_with_the_time_they_arrive() -> None:
+    res = TrainingResult(trigger_id="t", base_model=MODEL, status="rejected", reason="worse")
+    event = from_result(res, T0 + timedelta(hours=1))
+    assert (event.kind, event.base_model, event.at, event.result) == (
+        "result",
+        MODEL,
+        T0 + timedelta(hours=1),
+        res,
+    )
