@@ -41,27 +41,37 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from learnstream.metrics import metric_set
-from learnstream.signals import install_stop_handlers
+from consumers.base import (
+    DLQ_KEEP_BYTES,  # noqa: F401 (also the sink's public name)
+    ConsumerMetrics,
+    ConsumerOptions,
+    KafkaConsumerProcess,
+    Partition,
+    consumer_process,
+    describe,
+    drop_partitions,
+    keep_head,
+    letter_headers,
+    partition_set,
+)
 from schemas.dlq import DeadLetter
 from schemas.interaction import ScoredInteraction
-from schemas.topics import DLQ, INTERACTIONS_SCORED
+from schemas.topics import INTERACTIONS_SCORED
 
 if TYPE_CHECKING:
     import psycopg
-    from confluent_kafka import Consumer, Message, Producer, TopicPartition
+    from confluent_kafka import Message, TopicPartition
 
     from learnstream.settings import Settings
 
@@ -70,7 +80,6 @@ log = logging.getLogger("learnstream.sink")
 STAGE = "sink"
 DEFAULT_GROUP = "learnstream-sink"
 DEFAULT_BATCH_SIZE = 500
-DLQ_KEEP_BYTES = 512 * 1024  # base64 of this stays under the default 1 MB message size
 
 # (column, PostgreSQL type) of every column the sink writes, in table order. The table itself
 # is created by consumers/migrations/; ingested_at and updated_at are filled by the database.
@@ -219,15 +228,8 @@ def parse_record(
 
 
 def dead_letter(value: bytes | None, *, key: bytes | None, error: str, **fields: Any) -> DeadLetter:
-    """A stage-``sink`` dead letter keeping the whole value, or its first `DLQ_KEEP_BYTES`.
-
-    Base64 makes a dead letter a third larger than its value, so a record near the broker's
-    message size limit would otherwise never fit into ``telemetry.dlq`` (and block the sink).
-    """
-    raw = value or b""
-    if len(raw) > DLQ_KEEP_BYTES:
-        error += f" (this dead letter keeps the first {DLQ_KEEP_BYTES} of {len(raw)} bytes)"
-        raw = raw[:DLQ_KEEP_BYTES]
+    """A stage-``sink`` dead letter keeping the whole value, or its first `DLQ_KEEP_BYTES`."""
+    raw, error, _ = keep_head(value, error)
     return DeadLetter.from_bytes(raw, key=key, error=error, stage=STAGE, **fields)
 
 
@@ -249,24 +251,16 @@ def batch_document(rows: Sequence[SinkRow | str]) -> str:
 
 
 @dataclass(frozen=True)
-class SinkMetrics:
+class SinkMetrics(ConsumerMetrics):
     """The sink's Prometheus metrics on one registry."""
 
-    registry: CollectorRegistry
     rows_written: Counter
     batches: Counter
     batch_seconds: Histogram
     db_errors: Counter
     invalid: Counter
-    commit_errors: Counter
     db_up: Gauge
     lag: Gauge
-    rebalances: Counter
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry) -> SinkMetrics:
-        """The metrics on ``registry``, registered there on first use."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, registry: CollectorRegistry) -> SinkMetrics:
@@ -339,12 +333,9 @@ class Batch:
     written: bool = False
     letters_sent: bool = False
 
-    def drop_partitions(self, partitions: set[tuple[str, int]]) -> int:
+    def drop_partitions(self, partitions: set[Partition]) -> int:
         """Forget the records of ``partitions``; how many were dropped."""
-        keep = [i for i in self.items if (i.topic, i.partition) not in partitions]
-        dropped = len(self.items) - len(keep)
-        self.items = keep
-        return dropped
+        return drop_partitions(self.items, partitions)
 
 
 def _is_data_error(exc: BaseException) -> bool:
@@ -353,12 +344,15 @@ def _is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError)
 
 
-class TelemetrySink:
+class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
     """Consumes ``interactions.scored`` and upserts it into PostgreSQL (see the module docs).
 
     Call `run` (blocks until ``stop`` is set) or, step by step, `start` then `run_once`, and
-    `close` at the end. ``consumer_config`` adds or overrides librdkafka consumer properties.
+    `close` at the end. ``options`` are those of every consumer (`ConsumerOptions`: dead-letter
+    topic, poll timeout, backoff, librdkafka properties, stop event).
     """
+
+    name = "sink"
 
     def __init__(
         self,
@@ -367,52 +361,28 @@ class TelemetrySink:
         postgres_url: str | None = None,
         group_id: str = DEFAULT_GROUP,
         topic: str = INTERACTIONS_SCORED.name,
-        dlq_topic: str = DLQ.name,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        poll_timeout: float = 1.0,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
         registry: CollectorRegistry | None = None,
-        consumer_config: dict[str, Any] | None = None,
-        stop: threading.Event | None = None,
+        **options: Unpack[ConsumerOptions],
     ) -> None:
         from learnstream.postgres import postgres_url as configured_url
 
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        self.settings = settings
+        super().__init__(
+            settings,
+            metrics=SinkMetrics.on(registry or CollectorRegistry()),
+            log=log,
+            group_id=group_id,
+            topic=topic,
+            batch_size=batch_size,
+            **options,
+        )
         self.url = postgres_url or configured_url(settings)
-        self.group_id = group_id
-        self.topic = topic
-        self.dlq_topic = dlq_topic
-        self.batch_size = batch_size
-        self.poll_timeout = poll_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.metrics = SinkMetrics.on(registry or CollectorRegistry())
-        self.stop = stop or threading.Event()
-        self._consumer_config = consumer_config or {}
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._inflight: Batch | None = None
         self._held: list[Message] = []  # records that arrived while paused (kept for next batch)
-        self._paused = False
         self._lag_checked = 0.0
 
     # -- lifecycle --
-
-    @property
-    def consumer(self) -> Consumer:
-        """The Kafka consumer (created on first use)."""
-        if self._consumer is None:
-            from confluent_kafka import Consumer
-
-            from learnstream.kafka import consumer_config
-
-            conf = consumer_config(self.settings, self.group_id, **self._consumer_config)
-            self._consumer = Consumer(conf, logger=log)
-        return self._consumer
 
     def start(self) -> bool:
         """Connect to PostgreSQL (applying migrations; retried until it works) and subscribe.
@@ -421,24 +391,7 @@ class TelemetrySink:
         """
         if not self._retry(self._connection, "connect to PostgreSQL", heartbeat=False):
             return False
-        self.consumer.subscribe(
-            [self.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
-        log.info("sink subscribed to %s as group %s", self.topic, self.group_id)
-        return True
-
-    def run(self) -> None:
-        """Start, then consume and write batches until ``stop`` is set; then close."""
-        try:
-            if not self.start():
-                return
-            while not self.stop.is_set():
-                self.run_once()
-        finally:
-            self.close()
+        return super().start()
 
     def close(self) -> None:
         """Leave the group, flush the dead-letter producer, close the database connection."""
@@ -448,20 +401,8 @@ class TelemetrySink:
                 len(self._inflight.items),
             )
         self._inflight = None  # stopping: the final revoke must not retry the write
-        if self._consumer is not None:
-            with contextlib.suppress(RuntimeError):  # already closed
-                self._consumer.close()
-            self._consumer = None
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
+        super().close()
         self._drop_connection()
-
-    def __enter__(self) -> TelemetrySink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- one batch --
 
@@ -488,27 +429,10 @@ class TelemetrySink:
         return len(batch.items)  # less any records handed back at a revocation
 
     def _items(self, messages: Iterable[Message]) -> list[Item]:
-        from confluent_kafka import KafkaError, KafkaException
-
-        items = []
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err.str())
-                continue
-            items.append(
-                parse_record(
-                    msg.value(),
-                    msg.key(),
-                    topic=str(msg.topic()),
-                    partition=int(msg.partition() or 0),
-                    offset=int(msg.offset() or 0),
-                )
-            )
-        return items
+        return [
+            parse_record(r.value, r.key, topic=r.topic, partition=r.partition, offset=r.offset)
+            for r in self._records(messages)
+        ]
 
     def _flush_inflight(self) -> None:
         """Write, dead-letter and commit the in-flight batch; raise RetryableError to retry."""
@@ -629,20 +553,11 @@ class TelemetrySink:
 
     # -- Kafka --
 
-    def _dlq_producer(self) -> Producer:
-        if self._producer is None:
-            from confluent_kafka import Producer
-
-            from learnstream.kafka import reliable_producer_config
-
-            self._producer = Producer(reliable_producer_config(self.settings), logger=log)
-        return self._producer
-
     def _send_letters(self, items: list[Item]) -> None:
         """Produce the dead letters and wait until the broker has every one."""
         if not items:
             return
-        producer = self._dlq_producer()
+        producer = self.producer
         failures: list[str] = []
 
         def on_delivery(err: Any, msg: Any) -> None:
@@ -658,12 +573,7 @@ class TelemetrySink:
                     self.dlq_topic,
                     value=letter.model_dump_json().encode(),
                     key=key,
-                    headers=[
-                        ("source", (letter.source or "").encode()),
-                        ("event_type", b"dead_letter"),
-                        ("schema_version", str(letter.schema_version).encode()),
-                        ("content-type", b"application/json"),
-                    ],
+                    headers=letter_headers(letter, letter.source or ""),
                     on_delivery=on_delivery,
                 )
             except BufferError as exc:
@@ -689,53 +599,16 @@ class TelemetrySink:
 
     def _commit(self, items: list[Item]) -> None:
         """Commit the offsets after ``items`` synchronously; only broker hiccups raise."""
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import KafkaException
 
-        positions = commit_positions(items)
-        if not positions:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         try:
-            result = self.consumer.commit(offsets=offsets, asynchronous=False)
+            self._commit_offsets(commit_positions(items), "the batch", raise_retriable=True)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if err is not None and hasattr(err, "retriable") and err.retriable():
-                raise RetryableError(f"offset commit failed: {err}", "kafka") from exc
-            self.metrics.commit_errors.inc()
-            log.warning("offset commit failed (%s); the batch will be read again", exc)
-            return
-        for tp in result or []:
-            if tp.error is not None:
-                self.metrics.commit_errors.inc()
-                log.warning("offset commit for %s[%d] failed: %s", tp.topic, tp.partition, tp.error)
+            raise RetryableError(f"offset commit failed: {exc.args[0]}", "kafka") from exc
 
-    def _pause(self) -> None:
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.pause(assignment)
-        self._paused = True
-
-    def _resume(self) -> None:
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.resume(assignment)
-        self._paused = False
-
-    def _wait(self, seconds: float) -> bool:
-        """Keep the group membership alive for ``seconds`` with partitions paused.
-
-        False when ``stop`` was set meanwhile.
-        """
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return True
-            self._pause()  # partitions assigned meanwhile start paused too
-            msg = self.consumer.poll(min(remaining, 0.5))
-            if msg is not None and msg.error() is None:
-                self._held.append(msg)  # not expected while paused; kept for the next batch
-        return False
+    def _arrived_paused(self, msg: Message) -> None:
+        if msg.error() is None:
+            self._held.append(msg)  # not expected while paused; kept for the next batch
 
     def _retry(self, action: Callable[[], object], what: str, *, heartbeat: bool) -> bool:
         """Run ``action`` until it stops raising RetryableError, backing off between tries.
@@ -743,9 +616,9 @@ class TelemetrySink:
         With ``heartbeat`` the waits keep the consumer in its group (paused partitions).
         False when ``stop`` was set first.
         """
-        delay = self.backoff_initial
+        delays = self._delays()
         failures = 0
-        try:
+        with self._resuming():
             while True:
                 try:
                     action()
@@ -754,29 +627,21 @@ class TelemetrySink:
                     return True
                 except RetryableError as exc:
                     failures += 1
+                    delay = next(delays)
                     if exc.kind == "db":
                         self.metrics.db_errors.inc()
                         self.metrics.db_up.set(0)
                     log.warning(
                         "%s failed (attempt %d): %s; retrying in %.1fs", what, failures, exc, delay
                     )
-                    waited = self._wait(delay) if heartbeat else not self.stop.wait(delay)
+                    waited = self._keepalive(delay) if heartbeat else not self.stop.wait(delay)
                     if not waited:
                         return False
-                    delay = min(delay * 2, self.backoff_max)
-        finally:
-            if self._paused:
-                self._resume()
 
     # -- rebalance callbacks (run inside consume/poll) --
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("assign").inc()
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("revoke").inc()
-        log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", describe(partitions))
         batch = self._inflight
         if batch is None or not batch.items:
             return
@@ -784,20 +649,18 @@ class TelemetrySink:
             self._flush_inflight()  # one more try while the partitions are still ours
             log.info("in-flight batch written and committed before the revocation")
         except RetryableError as exc:
-            dropped = batch.drop_partitions({(p.topic, p.partition) for p in partitions})
+            dropped = batch.drop_partitions(partition_set(partitions))
             log.warning(
                 "revoked with a batch in flight (%s): %d records left to the next owner",
                 exc,
                 dropped,
             )
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("lost").inc()
-        log.warning("lost %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-        lost = {(p.topic, p.partition) for p in partitions}
-        if self._inflight is not None:
-            self._inflight.drop_partitions(lost)
-        self._held = [m for m in self._held if (m.topic(), m.partition()) not in lost]
+    def _forget(self, partitions: set[Partition]) -> int:
+        dropped = 0 if self._inflight is None else self._inflight.drop_partitions(partitions)
+        held = len(self._held)
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in partitions]
+        return dropped + held - len(self._held)
 
     # -- lag --
 
@@ -843,22 +706,13 @@ def run_sink(
     from learnstream.metrics import serve_metrics
     from learnstream.postgres import postgres_url, redact
 
-    stop = stop or threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    if main and not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    previous = install_stop_handlers(stop, log) if main else {}
-    try:
+    with consumer_process(settings, log, stop) as stop_event:
         registry = registry or REGISTRY
         url = options.pop("postgres_url", None) or postgres_url(settings)
-        sink = TelemetrySink(settings, postgres_url=url, registry=registry, stop=stop, **options)
+        sink = TelemetrySink(
+            settings, postgres_url=url, registry=registry, stop=stop_event, **options
+        )
         serve_metrics(settings, registry)
         log.info("telemetry sink: PostgreSQL %s", redact(url))
         sink.run()
         log.info("telemetry sink stopped")
-    finally:
-        for sig, old in previous.items():
-            if signal.getsignal(sig) is not old:
-                signal.signal(sig, old)

@@ -46,29 +46,39 @@ runs again (or resumes at its decision) when the trigger is read again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from consumers.telemetry_sink import DLQ_KEEP_BYTES
-from learnstream.metrics import metric_set
-from learnstream.signals import install_stop_handlers
+from consumers.base import (
+    ConsumerMetrics,
+    ConsumerOptions,
+    Headers,
+    KafkaConsumerProcess,
+    Partition,
+    Record,
+    consumer_process,
+    describe,
+    drop_partitions,
+    json_headers,
+    keep_head,
+    letter_headers,
+    partition_set,
+)
 from schemas.base import utcnow
 from schemas.dlq import DeadLetter
-from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
+from schemas.topics import TRAINING_RESULTS, TRAINING_TRIGGERS
 from schemas.training import TrainingResult, TrainingTrigger
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Message, Producer, TopicPartition
+    from confluent_kafka import Message, TopicPartition
 
     from learnstream.settings import Settings
     from trainers.metrics import TrainingMetrics
@@ -79,9 +89,6 @@ log = logging.getLogger("learnstream.trainer")
 STAGE = "trainer"
 DEFAULT_GROUP = "learnstream-trainer"
 PROGRESS_EVERY_S = 10.0
-
-Headers = list[tuple[str, str | bytes | None]]
-"""Kafka record headers as confluent-kafka takes them."""
 
 
 class JobRunner(Protocol):
@@ -102,17 +109,6 @@ class JobRunner(Protocol):
 # --- pure functions --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Record:
-    """One consumed ``training.triggers`` record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 def parse_trigger(record: Record) -> TrainingTrigger | DeadLetter:
     """The record's `TrainingTrigger`, or the stage-``trainer`` dead letter saying why not.
 
@@ -126,12 +122,7 @@ def parse_trigger(record: Record) -> TrainingTrigger | DeadLetter:
             return TrainingTrigger.model_validate_json(record.value)
         except ValidationError as exc:
             error = f"not a valid TrainingTrigger: {exc}"
-    raw = record.value or b""
-    size: int | None = None
-    if len(raw) > DLQ_KEEP_BYTES:
-        size = len(raw)
-        error += f" (this dead letter keeps the first {DLQ_KEEP_BYTES} of {size} bytes)"
-        raw = raw[:DLQ_KEEP_BYTES]
+    raw, error, size = keep_head(record.value, error)
     return DeadLetter.from_bytes(
         raw,
         key=record.key,
@@ -160,25 +151,10 @@ def stored_result(record: JobRecord | None) -> TrainingResult | None:
 
 def result_headers(result: TrainingResult, *, duplicate: bool = False) -> Headers:
     """The headers of a ``training.results`` record (``duplicate: 1`` on a republished one)."""
-    headers: Headers = [
-        ("source", STAGE.encode()),
-        ("event_type", b"training_result"),
-        ("schema_version", str(result.schema_version).encode()),
-        ("content-type", b"application/json"),
-    ]
+    headers = json_headers(STAGE, "training_result", result.schema_version)
     if duplicate:
         headers.append(("duplicate", b"1"))
     return headers
-
-
-def letter_headers(letter: DeadLetter) -> Headers:
-    """The headers of a dead letter on ``telemetry.dlq``."""
-    return [
-        ("source", STAGE.encode()),
-        ("event_type", b"dead_letter"),
-        ("schema_version", str(letter.schema_version).encode()),
-        ("content-type", b"application/json"),
-    ]
 
 
 def describe_result(result: TrainingResult) -> str:
@@ -234,23 +210,15 @@ class ProgressLog:
 
 
 @dataclass(frozen=True)
-class TrainerMetrics:
+class TrainerMetrics(ConsumerMetrics):
     """The trainer consumer's Prometheus metrics on one registry."""
 
-    registry: CollectorRegistry
     triggers: Counter
     invalid: Counter
     duplicates: Counter
     jobs_running: Gauge
     results: Counter
     delivery_errors: Counter
-    commit_errors: Counter
-    rebalances: Counter
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry) -> TrainerMetrics:
-        """The metrics on ``registry``, registered there on first use."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> TrainerMetrics:
@@ -295,13 +263,16 @@ class TrainerMetrics:
 # --- the consumer ----------------------------------------------------------------------------
 
 
-class TrainerConsumer:
+class TrainerConsumer(KafkaConsumerProcess[TrainerMetrics]):
     """Consumes ``training.triggers`` and runs their training jobs (see the module docs).
 
     Call `run` (blocks until ``stop`` is set) or `start`, `run_once`... and `close`.
-    ``consumer_config`` adds or overrides librdkafka consumer properties; ``job_runner``
-    replaces `run_training_job` (tests).
+    ``job_runner`` replaces `run_training_job` (tests); ``options`` are those of every consumer
+    (`ConsumerOptions`: dead-letter topic, poll timeout, backoff, librdkafka properties, stop).
     """
+
+    name = "trainer"
+    producer_overrides = {"message.timeout.ms": 60_000}
 
     def __init__(
         self,
@@ -310,110 +281,43 @@ class TrainerConsumer:
         group_id: str = DEFAULT_GROUP,
         topic: str = TRAINING_TRIGGERS.name,
         results_topic: str = TRAINING_RESULTS.name,
-        dlq_topic: str = DLQ.name,
         batch_size: int = 10,
-        poll_timeout: float = 1.0,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
         progress_every: float = PROGRESS_EVERY_S,
         registry: CollectorRegistry | None = None,
-        consumer_config: dict[str, Any] | None = None,
         job_runner: JobRunner | None = None,
-        stop: threading.Event | None = None,
+        **options: Unpack[ConsumerOptions],
     ) -> None:
         from trainers.metrics import TrainingMetrics
 
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        self.settings = settings
-        self.group_id = group_id
-        self.topic = topic
-        self.results_topic = results_topic
-        self.dlq_topic = dlq_topic
-        self.batch_size = batch_size
-        self.poll_timeout = poll_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.progress_every = progress_every
         registry = registry or CollectorRegistry()
-        self.metrics = TrainerMetrics.on(registry)
+        super().__init__(
+            settings,
+            metrics=TrainerMetrics.on(registry),
+            log=log,
+            group_id=group_id,
+            topic=topic,
+            batch_size=batch_size,
+            **options,
+        )
+        self.results_topic = results_topic
+        self.progress_every = progress_every
         self.training_metrics = TrainingMetrics.on(registry)
         self.job_runner = job_runner
-        self.stop = stop or threading.Event()
-        self._consumer_config = consumer_config or {}
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
         self._pending: list[Record] = []  # consumed, not handled yet (in order)
-        self._paused = False
-        self._committed: dict[tuple[str, int], int] = {}  # offsets committed by this process
+        self._committed: dict[Partition, int] = {}  # offsets committed by this process
         self.job_thread: threading.Thread | None = None
 
     # -- lifecycle --
 
-    @property
-    def consumer(self) -> Consumer:
-        """The Kafka consumer (created on first use)."""
-        if self._consumer is None:
-            from confluent_kafka import Consumer
-
-            from learnstream.kafka import consumer_config
-
-            conf = consumer_config(self.settings, self.group_id, **self._consumer_config)
-            self._consumer = Consumer(conf, logger=log)
-        return self._consumer
-
-    @property
-    def producer(self) -> Producer:
-        """The producer of results and dead letters (created on first use)."""
-        if self._producer is None:
-            from confluent_kafka import Producer
-
-            from learnstream.kafka import reliable_producer_config
-
-            conf = reliable_producer_config(self.settings, **{"message.timeout.ms": 60_000})
-            self._producer = Producer(conf, logger=log)
-        return self._producer
-
-    def start(self) -> None:
-        """Subscribe to the triggers topic."""
-        self.consumer.subscribe(
-            [self.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
-        log.info("trainer subscribed to %s as group %s", self.topic, self.group_id)
-
-    def run(self) -> None:
-        """Start, then handle triggers until ``stop`` is set; then close."""
-        try:
-            self.start()
-            while not self.stop.is_set():
-                self.run_once()
-        finally:
-            self.close()
-
     def close(self) -> None:
-        """Leave the group and flush the producer."""
+        """Leave the group and flush the producer; unhandled triggers are read again later."""
         if self._pending:
             log.info(
                 "stopping with %d triggers not handled; they will be read again",
                 len(self._pending),
             )
             self._pending = []
-        if self._consumer is not None:
-            with contextlib.suppress(RuntimeError):  # already closed
-                self._consumer.close()
-            self._consumer = None
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
-
-    def __enter__(self) -> TrainerConsumer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     # -- triggers --
 
@@ -431,11 +335,8 @@ class TrainerConsumer:
         handled = 0
         while self._pending and not self.stop.is_set():
             record = self._pending.pop(0)
-            try:
+            with self._resuming():
                 done = self.handle(record)
-            finally:
-                if self._paused:
-                    self._resume()
             if not done:
                 # Not committed: later records of its partition must not be committed either.
                 self._drop({(record.topic, record.partition)})
@@ -455,7 +356,7 @@ class TrainerConsumer:
                 self.dlq_topic,
                 key=record.key,
                 value=parsed.model_dump_json().encode(),
-                headers=letter_headers(parsed),
+                headers=letter_headers(parsed, STAGE),
                 what="dead letter",
             ):
                 return False
@@ -577,28 +478,12 @@ class TrainerConsumer:
     # -- Kafka --
 
     def _records(self, messages: Iterable[Message]) -> list[Record]:
-        from confluent_kafka import KafkaError, KafkaException
-
-        records = []
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err.str())
-                continue
-            record = Record(
-                str(msg.topic()),
-                int(msg.partition() or 0),
-                int(msg.offset() or 0),
-                msg.key(),
-                msg.value(),
-            )
-            if record.offset < self._committed.get((record.topic, record.partition), -1):
-                continue  # re-read after a revoke + re-assign during a job: already committed
-            records.append(record)
-        return records
+        # A record re-read after a revoke + re-assign during a job may be committed already.
+        return [
+            r
+            for r in super()._records(messages)
+            if r.offset >= self._committed.get((r.topic, r.partition), -1)
+        ]
 
     def _deliver(
         self,
@@ -616,7 +501,7 @@ class TrainerConsumer:
         """
         from confluent_kafka import KafkaException
 
-        delay = self.backoff_initial
+        delays = self._delays()
         failures = 0
         while True:
             outcome: list[str | None] = []
@@ -638,6 +523,7 @@ class TrainerConsumer:
                     log.info("%s delivered after %d failed attempts", what, failures)
                 return True
             failures += 1
+            delay = next(delays)
             self.metrics.delivery_errors.inc()
             log.warning(
                 "%s not delivered to %s (attempt %d): %s; retrying in %.1fs",
@@ -650,29 +536,12 @@ class TrainerConsumer:
             if not self._keepalive(delay):
                 log.warning("stopping: %s not delivered and its trigger not committed", what)
                 return False
-            delay = min(delay * 2, self.backoff_max)
 
     def _commit(self, record: Record) -> bool:
         """Commit the offset after ``record`` synchronously; a failure is logged, not fatal."""
-        from confluent_kafka import KafkaException, TopicPartition
-
         tp = (record.topic, record.partition)
         self._committed[tp] = max(self._committed.get(tp, -1), record.offset + 1)
-        try:
-            result = self.consumer.commit(
-                offsets=[TopicPartition(record.topic, record.partition, record.offset + 1)],
-                asynchronous=False,
-            )
-        except KafkaException as exc:
-            self.metrics.commit_errors.inc()
-            log.warning("offset commit failed (%s); the trigger will be read again", exc)
-            return True
-        for part in result or []:
-            if part.error is not None:
-                self.metrics.commit_errors.inc()
-                log.warning(
-                    "offset commit for %s[%d] failed: %s", part.topic, part.partition, part.error
-                )
+        self._commit_offsets({tp: record.offset + 1}, "the trigger")
         return True
 
     def _owns(self, record: Record) -> bool:
@@ -684,71 +553,28 @@ class TrainerConsumer:
             (tp.topic, tp.partition) == (record.topic, record.partition) for tp in assignment
         )
 
-    def _pause(self) -> None:
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.pause(assignment)
-        self._paused = True
+    def _arrived_paused(self, msg: Message) -> None:
+        self._pending.extend(self._records([msg]))
 
-    def _resume(self) -> None:
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.resume(assignment)
-        self._paused = False
-
-    def _poll_paused(self, timeout: float) -> None:
-        """One ``poll()`` with every assigned partition paused (also ones assigned meanwhile).
-
-        Keeps the group membership alive and serves rebalance callbacks. A record that still
-        comes (fetched before the pause) is kept for later, not lost.
-        """
-        self._pause()
-        msg = self.consumer.poll(timeout)
-        if msg is not None:
-            self._pending.extend(self._records([msg]))
-
-    def _keepalive(self, seconds: float) -> bool:
-        """Poll the paused consumer for ``seconds``; False when ``stop`` was set meanwhile."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return True
-            self._poll_paused(min(remaining, 0.5))
-        return False
-
-    def _drop(self, partitions: set[tuple[str, int]]) -> int:
-        keep = [r for r in self._pending if (r.topic, r.partition) not in partitions]
-        dropped = len(self._pending) - len(keep)
-        self._pending = keep
-        return dropped
+    def _drop(self, partitions: set[Partition]) -> int:
+        return drop_partitions(self._pending, partitions)
 
     # -- rebalance callbacks (run inside consume/poll) --
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("assign").inc()
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("revoke").inc()
-        revoked = {(p.topic, p.partition) for p in partitions}
-        dropped = self._drop(revoked)
-        for tp in revoked:
-            self._committed.pop(tp, None)  # the next owner's commits are not ours to judge
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        dropped = self._forget(partition_set(partitions))
         log.info(
             "revoked %s%s%s",
-            ", ".join(f"{p.topic}[{p.partition}]" for p in partitions),
+            describe(partitions),
             f"; {dropped} unhandled triggers left to the next owner" if dropped else "",
             "; the running training job continues" if self.job_thread is not None else "",
         )
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels("lost").inc()
-        lost = {(p.topic, p.partition) for p in partitions}
-        self._drop(lost)
-        for tp in lost:
-            self._committed.pop(tp, None)
-        log.warning("lost %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+    def _forget(self, partitions: set[Partition]) -> int:
+        dropped = self._drop(partitions)
+        for tp in partitions:
+            self._committed.pop(tp, None)  # the next owner's commits are not ours to judge
+        return dropped
 
 
 # --- the process -----------------------------------------------------------------------------
@@ -771,16 +597,11 @@ def run_trainer(
     """
     from learnstream.metrics import serve_metrics
 
-    stop = stop or threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    if main and not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    previous = install_stop_handlers(stop, log) if main else {}
-    try:
+    with consumer_process(settings, log, stop) as stop_event:
         registry = registry or REGISTRY
-        trainer = TrainerConsumer(settings, group_id=group, registry=registry, stop=stop, **options)
+        trainer = TrainerConsumer(
+            settings, group_id=group, registry=registry, stop=stop_event, **options
+        )
         serve_metrics(settings, registry)
         log.info(
             "trainer: default base model %s, adapter registry %s",
@@ -789,7 +610,3 @@ def run_trainer(
         )
         trainer.run()
         log.info("trainer stopped")
-    finally:
-        for sig, old in previous.items():
-            if signal.getsignal(sig) is not old:
-                signal.signal(sig, old)

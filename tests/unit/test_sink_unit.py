@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -381,3 +382,44 @@ def test_invalid_records_are_dead_lettered_before_the_commit() -> None:
     assert writes == [1]
     assert [i.offset for i in sent[0]] == [1]
     assert consumer.committed == [[("t", 0, 2)]]
+
+
+def test_commit_failures_retry_only_retriable_errors(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    consumer = FakeConsumer([])
+    sink, _ = fake_sink(consumer, fail=0)
+    registry = sink.metrics.registry
+
+    def raising(err: KafkaError) -> Any:
+        def commit(offsets: list[Any], asynchronous: bool) -> list[Any]:
+            raise KafkaException(err)
+
+        return commit
+
+    monkeypatch.setattr(
+        consumer, "commit", raising(KafkaError(KafkaError._TRANSPORT, "down", retriable=True))
+    )
+    with pytest.raises(RetryableError, match="offset commit failed") as raised:
+        sink._commit([Item("t", 0, 4, None)])
+    assert raised.value.kind == "kafka"
+    assert registry.get_sample_value("learnstream_sink_commit_errors_total") == 0
+
+    monkeypatch.setattr(consumer, "commit", raising(KafkaError(KafkaError.UNKNOWN_MEMBER_ID)))
+    with caplog.at_level(logging.WARNING, logger="learnstream.sink"):
+        sink._commit([Item("t", 0, 4, None)])  # not raised: the batch is read again
+    assert "the batch will be read again" in caplog.text
+    assert registry.get_sample_value("learnstream_sink_commit_errors_total") == 1
+
+    def partly(offsets: list[Any], asynchronous: bool) -> list[Any]:
+        refused: Any = FakeTP(offsets[0].topic, offsets[0].partition, offsets[0].offset)
+        refused.error = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)
+        return [refused, *offsets[1:]]
+
+    monkeypatch.setattr(consumer, "commit", partly)
+    with caplog.at_level(logging.WARNING, logger="learnstream.sink"):
+        sink._commit([Item("t", 0, 4, None), Item("t", 1, 0, None)])
+    assert "offset commit for t[0] failed" in caplog.text
+    assert registry.get_sample_value("learnstream_sink_commit_errors_total") == 2
