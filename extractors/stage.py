@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from qdrant_client import QdrantClient
 
     from scorers.embeddings import Embedder
+    from scorers.vectors import HistoryIndex
 
 log = logging.getLogger("learnstream.extract.stage")
 
@@ -114,12 +115,22 @@ class ExtractionStage:
         embedder: Embedder,
         client: QdrantClient,
         registry: CollectorRegistry | None = None,
+        *,
         vector_lock: threading.Lock | None = None,
+        pattern_index: HistoryIndex | None = None,
     ) -> ExtractionStage:
-        """The stage wired from settings: store (collections ensured), open dataset, extractor."""
+        """The stage wired from settings: store (collections ensured), open dataset, extractor.
+
+        ``pattern_index`` is the scoring stage's in-memory copy of the patterns (Qdrant local
+        mode), which the store keeps current.
+        """
         metrics = ExtractMetrics.on(registry)
         store = PatternStore(
-            client, embedder, merge_threshold=settings.extract.merge_threshold, metrics=metrics
+            client,
+            embedder,
+            merge_threshold=settings.extract.merge_threshold,
+            metrics=metrics,
+            index=pattern_index,
         )
         store.ensure()
         dataset = DatasetWriter(dataset_path(settings), metrics)

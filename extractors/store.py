@@ -29,7 +29,7 @@ from extractors.feedback import FeedbackSignal, apply_feedback, confidence_delta
 from extractors.metrics import ExtractMetrics
 from extractors.patterns import Status, merge_patterns, pattern_text, rank_score, should_merge
 from schemas.pattern import Pattern
-from scorers.vectors import NAMESPACE, PATTERNS, ensure_collections
+from scorers.vectors import NAMESPACE, PATTERNS, HistoryIndex, ensure_collections
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,12 +123,14 @@ class PatternStore:
         merge_threshold: float = 0.95,
         collection: str = PATTERNS,
         metrics: ExtractMetrics | None = None,
+        index: HistoryIndex | None = None,
     ) -> None:
         self.client = client
         self.embedder = embedder
         self.merge_threshold = merge_threshold
         self.collection = collection
         self.metrics = metrics
+        self.index = index  # the scoring stage's in-memory copy (Qdrant local mode), kept current
         self._lock = threading.RLock()
 
     def ensure(self) -> None:
@@ -257,29 +259,33 @@ class PatternStore:
             if record is not None:
                 existing, payload = record
                 merged = merge_patterns(existing, pattern)
+                point_id = pattern_point_id(existing.pattern_id)
                 self.client.overwrite_payload(
                     self.collection,
                     payload=pattern_payload(merged, payload.get("feedback_applied", [])),
-                    points=[pattern_point_id(existing.pattern_id)],
+                    points=[point_id],
                     wait=True,
                 )
+                if self.index is not None:
+                    self.index.retime([point_id], [merged.created_at.timestamp()])
                 self._count("merged")
                 if self.metrics is not None:
                     self.metrics.patterns_merged.labels(pattern.extractor).inc()
                 return UpsertResult(merged, "merged", similarity)
             from qdrant_client import models
 
+            point_id = pattern_point_id(pattern.pattern_id)
             self.client.upsert(
                 self.collection,
                 points=[
                     models.PointStruct(
-                        id=pattern_point_id(pattern.pattern_id),
-                        vector=vector.tolist(),
-                        payload=pattern_payload(pattern),
+                        id=point_id, vector=vector.tolist(), payload=pattern_payload(pattern)
                     )
                 ],
                 wait=True,
             )
+            if self.index is not None:
+                self.index.add([point_id], [vector], [pattern.created_at.timestamp()])
             self._count("new")
             return UpsertResult(pattern, "new")
 

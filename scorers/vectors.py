@@ -105,12 +105,13 @@ def tune_local_storage(client: QdrantClient, collection: str) -> bool:
 
 
 class HistoryIndex:
-    """An exact in-memory copy of ``interaction-history`` for look-ups in Qdrant local mode.
+    """An exact in-memory copy of a collection's vectors and times, for Qdrant local mode.
 
     Local mode is one process per folder, so this process sees every write: the copy is
-    filled from the collection once and extended by every `VectorLookups.remember`. Searches
-    answer what Qdrant would: cosine at or above the threshold, ``ts`` strictly earlier, never
-    an excluded id, best first, at most ``limit``.
+    filled from the collection once and then told of every write (``interaction-history`` by
+    `VectorLookups.remember`, ``skills-patterns`` by the extraction stage's `PatternStore`).
+    Searches answer what Qdrant would: cosine at or above the threshold, time strictly
+    earlier, never an excluded id, best first, at most ``limit``.
     """
 
     def __init__(self) -> None:
@@ -125,22 +126,31 @@ class HistoryIndex:
         return len(self._ids)
 
     @classmethod
-    def load(cls, client: QdrantClient, collection: str = INTERACTIONS) -> HistoryIndex:
-        """A copy of what ``collection`` holds now."""
+    def load(
+        cls, client: QdrantClient, collection: str = INTERACTIONS, time_field: str = "ts"
+    ) -> HistoryIndex:
+        """A copy of what ``collection`` holds now (its vectors and ``time_field``)."""
         index = cls()
         offset = None
         while True:
             points, offset = client.scroll(
-                collection, limit=1000, offset=offset, with_vectors=True, with_payload=["ts"]
+                collection, limit=1000, offset=offset, with_vectors=True, with_payload=[time_field]
             )
             if points:
                 index.add(
                     [str(p.id) for p in points],
                     [p.vector for p in points],
-                    [(p.payload or {}).get("ts", 0.0) for p in points],
+                    [(p.payload or {}).get(time_field, 0.0) for p in points],
                 )
             if offset is None:
                 return index
+
+    def retime(self, ids: Sequence[str], timestamps: Sequence[float]) -> None:
+        """Change the time of stored points (a payload-only update); unknown ids are ignored."""
+        for pid, ts_value in zip(ids, timestamps, strict=True):
+            row = self._rows.get(pid)
+            if row is not None:
+                self._ts[row] = ts_value
 
     def add(self, ids: Sequence[str], vectors: Any, timestamps: Sequence[float]) -> None:
         """Insert or replace points (the same id is one point, as in Qdrant)."""
@@ -252,6 +262,7 @@ class VectorLookups:
         self.client = client
         self._use_index = is_local(client) if history_index is None else history_index
         self._index: HistoryIndex | None = None
+        self._patterns: HistoryIndex | None = None
 
     @property
     def history(self) -> HistoryIndex | None:
@@ -259,6 +270,36 @@ class VectorLookups:
         if self._use_index and self._index is None:
             self._index = HistoryIndex.load(self.client)
         return self._index
+
+    @property
+    def patterns(self) -> HistoryIndex | None:
+        """The in-memory copy of ``skills-patterns`` (loaded on first use), or None.
+
+        Whoever writes patterns in this process must keep it current (`PatternStore` does,
+        when given it).
+        """
+        if self._use_index and self._patterns is None:
+            self._patterns = HistoryIndex.load(self.client, PATTERNS, "created_ts")
+        return self._patterns
+
+    def _pattern_similarity(self, points: Sequence[HistoryPoint]) -> list[float | None]:
+        """The best cosine of an earlier stored pattern, per point (None: none close)."""
+        index = self.patterns
+        if index is not None:
+            hits = index.search(
+                [p.vector for p in points],
+                [p.timestamp.timestamp() for p in points],
+                [""] * len(points),
+                NOVELTY_MIN_COSINE,
+                NOVELTY_TOP_K,
+            )
+            return [max((score for _, score in h), default=None) for h in hits]
+        requests = [
+            _earlier_similar(p, "created_ts", NOVELTY_TOP_K, NOVELTY_MIN_COSINE, exclude_self=False)
+            for p in points
+        ]
+        found = self.client.query_batch_points(PATTERNS, requests=requests)
+        return [max((h.score for h in r.points), default=None) for r in found]
 
     def _history_hits(self, points: Sequence[HistoryPoint]) -> list[set[str]]:
         """Ids of earlier similar interactions in the stored history, per point."""
@@ -291,11 +332,7 @@ class VectorLookups:
         if not points:
             return []
         history = self._history_hits(points)
-        pattern_requests = [
-            _earlier_similar(p, "created_ts", NOVELTY_TOP_K, NOVELTY_MIN_COSINE, exclude_self=False)
-            for p in points
-        ]
-        patterns = self.client.query_batch_points(PATTERNS, requests=pattern_requests)
+        best_pattern = self._pattern_similarity(points)
 
         matrix = np.stack([p.vector for p in points])
         sims = matrix @ matrix.T
@@ -310,10 +347,10 @@ class VectorLookups:
                     and sims[i, j] >= REUSABILITY_MIN_COSINE
                 ):
                     ids.add(interaction_point_id(q.event_id))
-            best = max((h.score for h in patterns[i].points), default=None)
             out.append(
                 Lookups(
-                    similar_earlier=min(len(ids), REUSABILITY_TOP_K), max_pattern_similarity=best
+                    similar_earlier=min(len(ids), REUSABILITY_TOP_K),
+                    max_pattern_similarity=best_pattern[i],
                 )
             )
         return out

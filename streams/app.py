@@ -91,7 +91,8 @@ def build_context(settings: Settings, registry: CollectorRegistry | None = None)
     embedder.load()
     client = qdrant_client(settings)
     ensure_collections(client, settings.embedding.dimensions)
-    stage = ScoringStage(settings, embedder, VectorLookups(client), metrics)
+    lookups = VectorLookups(client)
+    stage = ScoringStage(settings, embedder, lookups, metrics)
     # One thread per stage: each stage handles one batch at a time, in order; stages share
     # the Qdrant client under one lock.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
@@ -100,7 +101,12 @@ def build_context(settings: Settings, registry: CollectorRegistry | None = None)
         from extractors.stage import ExtractionStage
 
         ctx.extraction = ExtractionStage.create(
-            settings, embedder, client, registry, vector_lock=stage.vector_lock
+            settings,
+            embedder,
+            client,
+            registry,
+            vector_lock=stage.vector_lock,
+            pattern_index=lookups.patterns,
         )
         ctx.extract_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract")
     return ctx

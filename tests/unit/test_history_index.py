@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from extractors.store import PatternStore
+from schemas.pattern import Pattern
 from scorers.score import REUSABILITY_MIN_COSINE, REUSABILITY_TOP_K
 from scorers.vectors import (
     INTERACTIONS,
@@ -100,3 +103,40 @@ def test_history_collection_runs_in_wal_mode(tmp_path: Path) -> None:
 def test_index_rejects_a_mismatched_batch() -> None:
     with pytest.raises(ValueError):
         HistoryIndex().add(["a", "b"], [np.ones(4, dtype=np.float32)], [1.0, 2.0])
+
+
+def test_pattern_index_follows_the_store_and_answers_like_qdrant(tmp_path: Path) -> None:
+    client = local_client(tmp_path / "q")
+    lookups = VectorLookups(client)
+    assert lookups.patterns is not None
+    # Vectors are given, so the store never needs the embedding model.
+    store = PatternStore(client, cast(Any, None), index=lookups.patterns)
+    stored = clustered_points(40, seed=5)
+    for n, p in enumerate(stored):
+        pattern = Pattern(
+            pattern_id=f"p{n}",
+            name=f"pattern {n}",
+            description="d",
+            source_event_ids=[p.event_id],
+            created_at=p.timestamp,
+        )
+        store.upsert(pattern, p.vector)
+    # A near-duplicate learned from an earlier event merges and moves created_at back.
+    first = stored[0]
+    earlier = Pattern(
+        pattern_id="dup",
+        name="dup",
+        description="d",
+        source_event_ids=["early"],
+        created_at=T0 - timedelta(days=1),
+    )
+    assert store.upsert(earlier, first.vector).status == "merged"
+
+    probe = HistoryPoint("probe", T0 - timedelta(hours=1), first.vector, "aidb", "q")
+    queries = [*clustered_points(30, seed=6), probe]
+    by_qdrant = VectorLookups(client, history_index=False)._pattern_similarity(queries)
+    by_index = lookups._pattern_similarity(queries)
+    assert [s is None for s in by_index] == [s is None for s in by_qdrant]
+    assert [s or 0.0 for s in by_index] == pytest.approx([s or 0.0 for s in by_qdrant], abs=1e-5)
+    assert by_index[-1] == pytest.approx(1.0, abs=1e-5)  # found only thanks to the merge
+    assert 0 < sum(s is not None for s in by_index) < len(queries)
