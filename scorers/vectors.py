@@ -6,10 +6,10 @@ extractors; payload ``created_ts``). Both look-ups only count points strictly ol
 event and never the event itself, so replaying a topic reproduces the same scores.
 Works with Qdrant local mode (a folder; one process at a time) and a Qdrant server URL.
 
-In local mode, history look-ups are answered from `HistoryIndex`, an in-memory numpy copy of
-``interaction-history``: local mode checks a search's payload filter in Python for every stored
-point, which made each look-up cost O(history) (about 15 ms per event at 1,000 points, 150 ms
-at 10,000). The history collection's SQLite file also runs in WAL mode without a sync per
+In local mode, both look-ups are answered from `HistoryIndex`es, in-memory numpy copies of
+``interaction-history`` and ``skills-patterns``: local mode checks a search's payload filter in
+Python for every stored point, which made each look-up cost O(points) (about 15 ms per event
+at 1,000 points, 150 ms at 10,000). The history collection's SQLite file also runs in WAL mode without a sync per
 point (`tune_local_storage`), which cuts an upsert from about 1 ms to 0.15 ms per point.
 """
 
