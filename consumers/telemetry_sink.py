@@ -642,6 +642,9 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", describe(partitions))
+        revoked = partition_set(partitions)
+        # Records that arrived while paused were never written: the next owner reads them.
+        self._drop_held(revoked)
         batch = self._inflight
         if batch is None or not batch.items:
             return
@@ -649,7 +652,7 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
             self._flush_inflight()  # one more try while the partitions are still ours
             log.info("in-flight batch written and committed before the revocation")
         except RetryableError as exc:
-            dropped = batch.drop_partitions(partition_set(partitions))
+            dropped = batch.drop_partitions(revoked)
             log.warning(
                 "revoked with a batch in flight (%s): %d records left to the next owner",
                 exc,
@@ -658,9 +661,12 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
 
     def _forget(self, partitions: set[Partition]) -> int:
         dropped = 0 if self._inflight is None else self._inflight.drop_partitions(partitions)
+        return dropped + self._drop_held(partitions)
+
+    def _drop_held(self, partitions: set[Partition]) -> int:
         held = len(self._held)
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in partitions]
-        return dropped + held - len(self._held)
+        return held - len(self._held)
 
     # -- lag --
 

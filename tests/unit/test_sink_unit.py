@@ -253,12 +253,11 @@ class FakeConsumer:
         assert not self.paused, "consumed while paused"
         return self.batches.pop(0) if self.batches else []
 
-    def poll(self, timeout: float) -> None:
+    def poll(self, timeout: float) -> FakeMessage | None:
         self.calls.append("poll")
         assert self.paused, "polled for records while not paused"
         time.sleep(min(timeout, 0.002))
-        if self.on_poll is not None:
-            self.on_poll()
+        return self.on_poll() if self.on_poll is not None else None
 
     def assignment(self) -> list[FakeTP]:
         return [FakeTP("t", 0), FakeTP("t", 1)]
@@ -365,6 +364,29 @@ def test_revocation_during_an_outage_hands_the_records_back() -> None:
     # next owner: only partition 0 was written and committed.
     assert writes[-1] == 1
     assert consumer.committed == [[("t", 0, 1)]]
+
+
+def test_revocation_also_forgets_records_that_arrived_while_paused() -> None:
+    consumer = FakeConsumer([batch((0, 0), (1, 0))])
+    sink, writes = fake_sink(consumer, fail=3)
+    [late] = batch((1, 1))  # fetched before the pause, handed out during the outage
+    polls = 0
+
+    def on_poll() -> FakeMessage | None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            return late
+        if polls == 2:
+            sink._on_revoke(consumer, [FakeTP("t", 1)])  # type: ignore[arg-type, list-item]
+        return None
+
+    consumer.on_poll = on_poll
+    assert sink.run_once() == 1
+    consumer.on_poll = None
+    sink.run_once()  # the next batch would have carried the held record
+    assert writes[-1] == 1 and sum(n for n in writes if n > 0) == 1
+    assert consumer.committed == [[("t", 0, 1)]]  # nothing of partition 1: not ours any more
 
 
 def test_invalid_records_are_dead_lettered_before_the_commit() -> None:
