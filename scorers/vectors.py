@@ -9,8 +9,9 @@ Works with Qdrant local mode (a folder; one process at a time) and a Qdrant serv
 In local mode, both look-ups are answered from `HistoryIndex`es, in-memory numpy copies of
 ``interaction-history`` and ``skills-patterns``: local mode checks a search's payload filter in
 Python for every stored point, which made each look-up cost O(points) (about 15 ms per event
-at 1,000 points, 150 ms at 10,000). The history collection's SQLite file also runs in WAL mode without a sync per
-point (`tune_local_storage`), which cuts an upsert from about 1 ms to 0.15 ms per point.
+at 1,000 points, 150 ms at 10,000). The history collection's SQLite file also runs in WAL
+mode without a sync per point (`tune_local_storage`), which cuts an upsert from about 1 ms
+to 0.15 ms per point.
 """
 
 from __future__ import annotations
