@@ -412,13 +412,13 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
         Returns the number of records committed (0 when nothing came, or ``stop`` was set
         before the batch could be written; that batch is then read again by the next run).
         """
-        messages = self._held
-        self._held = []
-        want = self.batch_size - len(messages)
-        if want > 0:
-            messages = messages + self.consumer.consume(
-                num_messages=want, timeout=self.poll_timeout
-            )
+        want = self.batch_size - len(self._held)
+        # consume() runs the rebalance callbacks, which drop held records of revoked
+        # partitions: take the held ones only after it.
+        fresh = (
+            self.consumer.consume(num_messages=want, timeout=self.poll_timeout) if want > 0 else []
+        )
+        messages, self._held = [*self._held, *fresh], []
         items = self._items(messages)
         batch = Batch(items)
         if items:

@@ -92,8 +92,10 @@ def tune_local_storage(client: QdrantClient, collection: str) -> bool:
     """Put a local-mode collection's SQLite file in WAL mode with ``synchronous=NORMAL``.
 
     Local mode commits (and fsyncs) once per point. With WAL and NORMAL, commits survive a
-    crash of the process; only an OS crash or power loss can lose the last ones. That suits
-    the interaction history, which a replay rebuilds; other collections keep the default.
+    crash of the process; only an OS crash or power loss can lose the last ones, whose
+    offsets may already be committed: later scores then miss a few earlier similar queries
+    (a replay from the start rebuilds them). That suits the interaction history; other
+    collections keep the default.
     Returns False (and changes nothing) if this qdrant-client keeps its storage elsewhere.
     """
     coll = getattr(client._client, "collections", {}).get(collection)
@@ -103,6 +105,11 @@ def tune_local_storage(client: QdrantClient, collection: str) -> bool:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return True
+
+
+def _time_of(payload: dict[str, Any] | None, field: str) -> float:
+    value = (payload or {}).get(field)
+    return float(value) if isinstance(value, int | float) else float("inf")
 
 
 class HistoryIndex:
@@ -141,7 +148,8 @@ class HistoryIndex:
                 index.add(
                     [str(p.id) for p in points],
                     [p.vector for p in points],
-                    [(p.payload or {}).get(time_field, 0.0) for p in points],
+                    # Qdrant's range filter never matches a point without the field.
+                    [_time_of(p.payload, time_field) for p in points],
                 )
             if offset is None:
                 return index
@@ -154,15 +162,23 @@ class HistoryIndex:
                 self._ts[row] = ts_value
 
     def add(self, ids: Sequence[str], vectors: Any, timestamps: Sequence[float]) -> None:
-        """Insert or replace points (the same id is one point, as in Qdrant)."""
+        """Insert or replace points (the same id is one point, as in Qdrant).
+
+        Vectors are normalized the way Qdrant local mode normalizes them (row by row in
+        float64, kept as float32). Local mode keeps the vectors as sent on disk, so a point
+        added live and the same point loaded after a restart are the same floats.
+        """
         import numpy as np
 
         if not len(ids):
             return
-        vecs = np.asarray(vectors, dtype=np.float32)
+        vecs = np.asarray(vectors, dtype=np.float64)
         if vecs.ndim != 2 or len(vecs) != len(ids) or len(timestamps) != len(ids):
             raise ValueError(f"{len(ids)} ids need as many vectors and timestamps")
-        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        # One row at a time, as local mode does: a 2-D norm rounds differently.
+        rows = [(row, np.linalg.norm(row)) for row in vecs]
+        vecs = np.stack([row / norm if norm > 1e-12 else row for row, norm in rows])
+        vecs = vecs.astype(np.float32)
         n = len(self._ids)
         needed = n + len(ids)
         if n and vecs.shape[1] != self._vectors.shape[1]:

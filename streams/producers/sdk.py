@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from learnstream.kafka import client_config
 from learnstream.settings import Settings
-from schemas.base import Source, SourceEvent
+from schemas.base import SCHEMA_VERSION, Source, SourceEvent
 from schemas.dlq import DeadLetter
 from schemas.errors import EventError
 from schemas.events import EVENT_MODELS
@@ -456,12 +456,18 @@ class TelemetryProducer:
             self._to_spool(SpoolRecord(topic, value, key, headers, event_id, self._seq, source))
             return
         try:
+            # A dead letter's source is in no field of its report; it travels with it (rare).
+            report = (
+                partial(self._on_delivery, self._seq)
+                if topic in self._topic_sources
+                else partial(self._on_dead_letter_delivery, self._seq, source)
+            )
             self._producer.produce(
                 topic,
                 value,
                 key,
                 headers=headers,  # type: ignore[arg-type]
-                on_delivery=partial(self._on_delivery, self._seq),
+                on_delivery=report,
             )
             self._outstanding += 1
         except BufferError:  # local queue full: the broker is slow
@@ -488,29 +494,38 @@ class TelemetryProducer:
         """
         topic, value, key = msg.topic(), msg.value(), msg.key()
         source = self._topic_sources.get(topic)
+        if source is None:
+            letter = DeadLetter.model_validate_json(value)  # made by `_dlq_record`
+            headers = dead_letter_headers(letter)
+            return SpoolRecord(topic, value, key, headers, key.decode(), seq, letter.source or "")
         try:
-            if source is not None:
-                event = parse_event(source, value, max_bytes=None)
-                headers = record_headers(event)
-                event_id = event.event_id or ""
-            else:
-                letter = DeadLetter.model_validate_json(value)
-                headers, source = dead_letter_headers(letter), letter.source or ""
-                event_id = (key or b"").decode()
-        except (EventError, ValidationError) as exc:  # not expected: these records were valid
-            log.error("%s: cannot rebuild the headers of a %s record: %s", self.name, topic, exc)
-            headers, event_id, source = [], (key or b"").decode(), source or ""
-        return SpoolRecord(topic, value, key, headers, event_id, seq, source)
+            event = parse_event(source, value, max_bytes=None)
+            headers = record_headers(event)
+        except EventError:  # a model instance of a type the schemas do not list
+            data = json.loads(value)
+            event_type = data.get("event_type") or data.get("event") or ""
+            version = data.get("schema_version", SCHEMA_VERSION)
+            headers = [
+                ("source", source.encode()),
+                ("event_type", str(event_type).encode()),
+                ("schema_version", str(version).encode()),
+                ("content-type", JSON),
+                ("event_id", str(data.get("event_id") or "").encode()),
+            ]
+        return SpoolRecord(topic, value, key, headers, headers[-1][1].decode(), seq, source)
+
+    def _on_dead_letter_delivery(self, seq: int, source: str, err: Any, msg: Any) -> None:
+        if err is None:  # counted under its event's source
+            self._outstanding -= 1
+            self._delivered_counts[source] = self._delivered_counts.get(source, 0) + 1
+            return
+        self._on_delivery(seq, err, msg)
 
     def _on_delivery(self, seq: int, err: Any, msg: Any) -> None:
         self._outstanding -= 1
         if err is None:
-            topic = msg.topic()
-            source = self._topic_sources.get(topic)
-            if source is None:  # a dead letter counts under its event's source
-                source = (dict(msg.headers() or []).get("source") or b"").decode()
-            counts = self._delivered_counts
-            counts[source] = counts.get(source, 0) + 1
+            source = self._topic_sources[msg.topic()]
+            self._delivered_counts[source] = self._delivered_counts.get(source, 0) + 1
             return
         from confluent_kafka import KafkaError
 

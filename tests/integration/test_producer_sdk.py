@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from learnstream.settings import load_settings
 from schemas import Source, parse_event
+from schemas.events.ralph import RalphEvent
 from streams.producers import TelemetryProducer
 from tests.integration.conftest import DevBrokerProcess
 from tests.integration.kafka_helpers import Record, consume
@@ -130,6 +131,9 @@ def test_invalid_event_is_dead_lettered_not_raised(
         _value(registry, "learnstream_producer_dead_lettered_total", source="ralph", stage="sdk")
         == 1
     )
+    # A delivered dead letter counts under its event's source.
+    assert _value(registry, "learnstream_producer_delivered_total", source="ralph") == 1
+    assert _value(registry, "learnstream_producer_delivered_total", source="unknown") == 0
 
 
 def test_broker_down_at_start_spools_and_a_restart_resends_in_order(
@@ -250,6 +254,10 @@ def test_records_failed_in_librdkafka_are_spooled_with_their_exact_headers(
     model = parse_event("aidb", json.dumps(event("aidb", "completion", session_id="s7")))
     completion = producer.emit(model)
     producer.dead_letter(b"{not json", "malformed JSON", source="ralph")
+    # A tool's own model of a type the schemas do not list is sent as it is.
+    custom = producer.emit(
+        RalphEvent(event_type="custom_step", task_id="t3", timestamp="2026-11-02T09:14:05Z")
+    )
     assert producer.flush(20) == 0
     producer.close()
 
@@ -268,8 +276,11 @@ def test_records_failed_in_librdkafka_are_spooled_with_their_exact_headers(
         ]
         return out + ([("event_id", event_id.encode())] if event_id else [])
 
-    assert [r.topic for r in records] == ["telemetry.ralph", "telemetry.aidb", "telemetry.dlq"]
-    ralph, aidb, letter = records
+    topics = ["telemetry.ralph", "telemetry.aidb", "telemetry.dlq", "telemetry.ralph"]
+    assert [r.topic for r in records] == topics
+    ralph, aidb, letter, own = records
+    assert own.headers == headers("ralph", "custom_step", custom)
+    assert (own.key, own.event_id, own.source) == (b"t3", custom, "ralph")
     assert ralph.headers == headers("ralph", "task_submitted", submitted)
     assert (ralph.key, ralph.event_id, ralph.source) == (b"t9", submitted, "ralph")
     assert aidb.headers == headers("aidb", "completion", completion)

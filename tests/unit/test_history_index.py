@@ -140,3 +140,40 @@ def test_pattern_index_follows_the_store_and_answers_like_qdrant(tmp_path: Path)
     assert [s or 0.0 for s in by_index] == pytest.approx([s or 0.0 for s in by_qdrant], abs=1e-5)
     assert by_index[-1] == pytest.approx(1.0, abs=1e-5)  # found only thanks to the merge
     assert 0 < sum(s is not None for s in by_index) < len(queries)
+
+
+def test_live_and_reloaded_points_are_the_same_floats(tmp_path: Path) -> None:
+    """A replay after a restart compares against exactly the vectors a live run used."""
+    client = local_client(tmp_path / "q")
+    live = VectorLookups(client)
+    assert live.history is not None  # loaded before any write, as in the worker
+    rng = np.random.default_rng(7)
+    points = [
+        HistoryPoint(
+            f"r{i}", T0 + timedelta(seconds=i), rng.normal(size=DIM).astype(np.float32), "aidb", "q"
+        )
+        for i in range(30)
+    ]
+    live.remember(points)
+    queries = rng.normal(size=(5, DIM)).astype(np.float32)
+    args = ([T0 + timedelta(days=1)] * 5, [""] * 5, -1.0, 30)
+    before = live.history.search(queries, [t.timestamp() for t in args[0]], *args[1:])  # type: ignore[union-attr]
+    client.close()
+    reloaded = VectorLookups(local_client(tmp_path / "q")).history
+    assert reloaded is not None
+    after = reloaded.search(queries, [t.timestamp() for t in args[0]], *args[1:])
+    assert after == before  # same ids, same order, bit-identical scores
+
+
+def test_points_without_a_time_are_never_earlier(tmp_path: Path) -> None:
+    from qdrant_client import models
+
+    client = local_client(tmp_path / "q")
+    vec = np.eye(DIM, dtype=np.float32)[0]
+    client.upsert(
+        INTERACTIONS,
+        [models.PointStruct(id=interaction_point_id("no-ts"), vector=vec.tolist(), payload={})],
+    )
+    probe = [HistoryPoint("probe", T0, vec, "aidb", "q")]
+    assert VectorLookups(client, history_index=False)._history_hits(probe) == [set()]
+    assert VectorLookups(client)._history_hits(probe) == [set()]

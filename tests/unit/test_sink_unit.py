@@ -247,10 +247,13 @@ class FakeConsumer:
         self.committed: list[list[tuple[str, int, int]]] = []
         self.paused = False
         self.on_poll: Any = None
+        self.on_consume: Any = None  # runs inside consume(), like rebalance callbacks
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         self.calls.append("consume")
         assert not self.paused, "consumed while paused"
+        if self.on_consume is not None:
+            self.on_consume()
         return self.batches.pop(0) if self.batches else []
 
     def poll(self, timeout: float) -> FakeMessage | None:
@@ -387,6 +390,25 @@ def test_revocation_also_forgets_records_that_arrived_while_paused() -> None:
     sink.run_once()  # the next batch would have carried the held record
     assert writes[-1] == 1 and sum(n for n in writes if n > 0) == 1
     assert consumer.committed == [[("t", 0, 1)]]  # nothing of partition 1: not ours any more
+
+
+def test_a_revocation_inside_the_next_consume_forgets_held_records() -> None:
+    consumer = FakeConsumer([batch((0, 0), (1, 0))])
+    sink, writes = fake_sink(consumer, fail=1)
+    [late] = batch((1, 1))
+    arriving = iter([late])
+    consumer.on_poll = lambda: next(arriving, None)
+    assert sink.run_once() == 2  # held: (1, 1), polled while paused during the outage
+    consumer.on_poll = None
+
+    def revoke() -> None:
+        consumer.on_consume = None
+        sink._on_revoke(consumer, [FakeTP("t", 1)])  # type: ignore[arg-type, list-item]
+
+    consumer.on_consume = revoke
+    assert sink.run_once() == 0
+    assert writes == [-2, 2]
+    assert consumer.committed == [[("t", 0, 1), ("t", 1, 1)]]  # (1, 1) is the next owner's
 
 
 def test_invalid_records_are_dead_lettered_before_the_commit() -> None:
