@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
 
-from learnstream.metrics import metric_set
+from learnstream.metrics import MetricSet
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ
 
@@ -130,7 +130,7 @@ def letter_headers(letter: DeadLetter, source: str) -> Headers:
 
 
 @dataclass(frozen=True)
-class ConsumerMetrics:
+class ConsumerMetrics(MetricSet):
     """The Prometheus metrics every consumer process has, on one registry.
 
     A subclass adds its own and builds them all, with its names and help texts, in `_create`.
@@ -139,15 +139,6 @@ class ConsumerMetrics:
     registry: CollectorRegistry
     commit_errors: Counter  # offset commits that failed
     rebalances: Counter  # rebalance callbacks, by kind: assign, revoke, lost
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry) -> Self:
-        """The metrics on ``registry``, registered there on first use."""
-        return metric_set(cls, registry, cls._create)
-
-    @classmethod
-    def _create(cls, registry: CollectorRegistry) -> Self:
-        raise NotImplementedError
 
 
 M = TypeVar("M", bound=ConsumerMetrics)

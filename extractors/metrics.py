@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from learnstream.metrics import metric_set
+from learnstream.metrics import MetricSet
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 @dataclass(frozen=True)
-class ExtractMetrics:
+class ExtractMetrics(MetricSet):
     """Counters, gauges and histograms of pattern extraction, the pattern store and dataset."""
 
     patterns_extracted: Counter
@@ -31,11 +31,6 @@ class ExtractMetrics:
     dataset_written: Counter
     dataset_duplicates: Counter
     dataset_torn_repairs: Counter
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry | None = None) -> ExtractMetrics:
-        """The metrics registered on ``registry`` (the default registry when None)."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> ExtractMetrics:

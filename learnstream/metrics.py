@@ -7,7 +7,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 from prometheus_client import (
     REGISTRY,
@@ -44,6 +44,22 @@ def metric_set(
         return cast(T, found)
 
 
+class MetricSet:
+    """Base of a metrics class: ``Cls.on(registry)`` gives its one instance on a registry.
+
+    A subclass (a frozen dataclass of metrics) builds them all in ``_create(registry)``.
+    """
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry | None = None) -> Self:
+        """The metrics registered on ``registry`` (the default registry when None)."""
+        return metric_set(cls, registry, cls._create)
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> Self:
+        raise NotImplementedError
+
+
 def serve_metrics(settings: Settings, registry: CollectorRegistry | None = None) -> int | None:
     """Serve /metrics on ``LEARNSTREAM_METRICS_PORT`` if set; returns the port or None."""
     if settings.metrics_port is None:
@@ -59,7 +75,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 @dataclass(frozen=True)
-class StreamMetrics:
+class StreamMetrics(MetricSet):
     """Metrics of the stream stages (score, extract, triggers), one set per registry."""
 
     events_consumed: Counter
@@ -74,11 +90,6 @@ class StreamMetrics:
     learnings_since_training: Gauge
     training_triggers: Counter
     window_success_rate: Gauge
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry | None = None) -> StreamMetrics:
-        """The metrics registered on ``registry`` (the default registry when None)."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> StreamMetrics:

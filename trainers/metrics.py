@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from learnstream.metrics import metric_set
+from learnstream.metrics import MetricSet
 
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800)
 
 
 @dataclass(frozen=True)
-class TrainingMetrics:
+class TrainingMetrics(MetricSet):
     """Training runs, durations, active model quality and hot-swap notifications."""
 
     runs: Counter
@@ -29,11 +29,6 @@ class TrainingMetrics:
     """``learnstream_training_relative_improvement{base_model}`` of the last evaluated run."""
     hotswap: Counter
     """``learnstream_hotswap_notifications_total{kind, outcome}``."""
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry | None = None) -> TrainingMetrics:
-        """The metrics registered on ``registry`` (the default registry when None)."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> TrainingMetrics:

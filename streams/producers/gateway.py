@@ -43,7 +43,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from learnstream.metrics import metric_set
+from learnstream.metrics import MetricSet
 from learnstream.settings import Settings
 from schemas.base import Source
 from schemas.errors import EventError
@@ -74,18 +74,13 @@ _ENDPOINTS = "POST /v1/events/{source}, GET /healthz, GET /metrics"
 
 
 @dataclass(frozen=True)
-class GatewayMetrics:
+class GatewayMetrics(MetricSet):
     """The gateway's Prometheus metrics; one set per registry."""
 
     requests: Counter
     events_accepted: Counter
     events_rejected: Counter
     latency: Histogram
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
-        """The metrics registered on ``registry`` (the default registry when None)."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> GatewayMetrics:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from learnstream.metrics import metric_set
+from learnstream.metrics import MetricSet
 
 
 @dataclass(frozen=True)
-class ProducerMetrics:
+class ProducerMetrics(MetricSet):
     """Counters and gauges shared by every producer on one registry."""
 
     emitted: Counter
@@ -22,11 +22,6 @@ class ProducerMetrics:
     possibly_duplicated: Counter
     spool_bytes: Gauge
     spool_records: Gauge
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry | None = None) -> ProducerMetrics:
-        """The metrics registered on ``registry`` (the default registry when None)."""
-        return metric_set(cls, registry, cls._create)
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> ProducerMetrics:
