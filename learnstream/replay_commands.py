@@ -18,23 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from learnstream.cli_support import command_settings
+
 if TYPE_CHECKING:
     from learnstream.settings import Settings
 
 SOURCES = ["ralph", "aidb", "hybrid", "vscode"]
-
-
-def _settings() -> Settings:
-    obj = click.get_current_context().find_root().obj
-    settings = getattr(obj, "settings", None)
-    if settings is not None:
-        return settings
-    from learnstream.settings import SettingsError, load_settings
-
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
@@ -167,7 +156,7 @@ def replay(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    conf = _kafka_config(_settings())
+    conf = _kafka_config(command_settings())
     try:
         states = read_states(conf, group, topics, partitions, timeout)
         times = lookup_times(conf, states, target.value, timeout) if target.kind == "time" else {}
@@ -261,7 +250,7 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
     from streams.producers.sdk import TelemetryProducer
     from streams.producers.sender import read_lines, send_lines
 
-    settings = _settings()
+    settings = command_settings()
     _kafka_config(settings)  # fail early and clearly when no broker is known
     sent = invalid = 0
     with TelemetryProducer(

@@ -14,29 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from learnstream.cli_support import command_settings
+
 if TYPE_CHECKING:
     from learnstream.settings import Settings
     from trainers.registry import AdapterRegistry
 
 
-def _settings() -> Settings:
-    ctx = click.get_current_context()
-    obj = ctx.find_root().obj
-    settings = getattr(obj, "settings", None)
-    if settings is not None:
-        return settings
-    from learnstream.settings import SettingsError, load_settings
-
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _registry(base_model: str | None) -> tuple[Settings, AdapterRegistry]:
     from trainers.registry import AdapterRegistry
 
-    settings = _settings()
+    settings = command_settings()
     return settings, AdapterRegistry.for_settings(settings, base_model)
 
 

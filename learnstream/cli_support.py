@@ -1,0 +1,27 @@
+"""Helpers for command groups that live outside `learnstream.cli` (and also run standalone)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from learnstream.settings import Settings
+
+
+def command_settings() -> Settings:
+    """The settings of the running command: the root `learnstream.cli.Context`'s, if any.
+
+    Run standalone (a group invoked on its own), they are loaded from the environment;
+    invalid ones end the command with a message naming them.
+    """
+    settings = getattr(click.get_current_context().find_root().obj, "settings", None)
+    if settings is not None:
+        return settings
+    from learnstream.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
