@@ -11,7 +11,20 @@ from typing import Any
 
 from trainers.tiny import build_tiny_model
 
-__all__ = ["RecordingServer", "build_tiny_model", "dataset_line", "write_dataset"]
+__all__ = ["FAST", "RecordingServer", "build_tiny_model", "dataset_line", "write_dataset"]
+
+# Training settings that train the tiny model a few steps in seconds on a CPU.
+FAST = {
+    "max_steps": 12,
+    "batch_size": 8,
+    "learning_rate": 5e-3,
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "max_length": 128,
+    "device": "cpu",
+    "min_eval_examples": 5,
+}
 
 TOPICS = (
     "retry the request",

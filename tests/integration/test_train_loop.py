@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from learnstream.settings import Settings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
-from tests.tinymodel import RecordingServer, build_tiny_model, write_dataset
+from tests.tinymodel import FAST, RecordingServer, build_tiny_model, write_dataset
 from trainers.config import TrainingSettings
 from trainers.data import prepare_dataset
 from trainers.metrics import TrainingMetrics
@@ -20,18 +20,6 @@ from trainers.pipeline import run_training_job
 from trainers.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-FAST = {
-    "max_steps": 12,
-    "batch_size": 8,
-    "learning_rate": 5e-3,
-    "lora_rank": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "max_length": 128,
-    "device": "cpu",
-    "min_eval_examples": 5,
-}
 
 
 @pytest.fixture(scope="module")

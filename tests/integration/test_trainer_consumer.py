@@ -18,23 +18,11 @@ from schemas.dlq import DeadLetter
 from schemas.topics import DLQ
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 from tests.integration.kafka_helpers import Record, consume
-from tests.tinymodel import build_tiny_model, write_dataset
+from tests.tinymodel import FAST, build_tiny_model, write_dataset
 from trainers.config import TrainingSettings
 from trainers.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-FAST = {
-    "max_steps": 12,
-    "batch_size": 8,
-    "learning_rate": 5e-3,
-    "lora_rank": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "max_length": 128,
-    "device": "cpu",
-    "min_eval_examples": 5,
-}
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
