@@ -29,7 +29,7 @@ from extractors.feedback import FeedbackSignal, apply_feedback, confidence_delta
 from extractors.metrics import ExtractMetrics
 from extractors.patterns import Status, merge_patterns, pattern_text, rank_score, should_merge
 from schemas.pattern import Pattern
-from scorers.vectors import NAMESPACE, PATTERNS, HistoryIndex, ensure_collections
+from scorers.vectors import NAMESPACE, PATTERNS, HistoryIndex, ensure_collections, unit_float32
 
 if TYPE_CHECKING:
     import numpy as np
@@ -279,7 +279,9 @@ class PatternStore:
                 self.collection,
                 points=[
                     models.PointStruct(
-                        id=point_id, vector=vector.tolist(), payload=pattern_payload(pattern)
+                        id=point_id,
+                        vector=unit_float32(vector)[0].tolist(),
+                        payload=pattern_payload(pattern),
                     )
                 ],
                 wait=True,

@@ -3,3 +3,7 @@
 
 class ResourceBusyError(RuntimeError):
     """A local resource (spool folder, Qdrant local-mode folder) is held by another process."""
+
+
+class ServiceUnavailableError(RuntimeError):
+    """A service a command needs (the embedded PostgreSQL, say) cannot be started or reached."""

@@ -13,8 +13,12 @@ long for a socket), never on TCP.
 from __future__ import annotations
 
 import logging
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from learnstream.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
     import psycopg
@@ -38,21 +42,112 @@ def postgres_url(settings: Settings) -> str:
     return embedded_url(settings)
 
 
-def embedded_url(settings: Settings) -> str:
-    """Start or attach to the embedded pgserver under ``settings.postgres_dir``; its URI."""
+# pgserver runs PostgreSQL as this system user when the process is root (postgres refuses root).
+PGSERVER_SYSTEM_USER = "pgserver"
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def _prepare_root_user(env: dict[str, str]) -> None:
+    """As root, make sure pgserver's system user exists, or say exactly why it cannot.
+
+    pgserver creates the user with ``useradd`` found on ``PATH``; a root shell's PATH may lack
+    the sbin folders (cron, minimal containers, a test's trimmed environment), so they are
+    added for that look-up.
+    """
+    import pwd
+    import shutil
+    import subprocess
+
     try:
-        import pgserver
+        pwd.getpwnam(PGSERVER_SYSTEM_USER)
+        return
+    except KeyError:
+        pass
+    path = os.pathsep.join([env.get("PATH", ""), *_SBIN])
+    useradd = shutil.which("useradd", path=path)
+    if useradd is None:
+        raise ServiceUnavailableError(
+            f"embedded PostgreSQL: running as root, it needs a system user "
+            f"'{PGSERVER_SYSTEM_USER}', and `useradd` was not found on PATH or in "
+            f"{', '.join(_SBIN)}; create the user (`useradd {PGSERVER_SYSTEM_USER}`), run as "
+            "another user, or set LEARNSTREAM_POSTGRES__URL"
+        )
+    done = subprocess.run(
+        [useradd, "-s", "/bin/bash", PGSERVER_SYSTEM_USER],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        pwd.getpwnam(PGSERVER_SYSTEM_USER)  # another process may have created it meanwhile
+    except KeyError:
+        raise ServiceUnavailableError(
+            f"embedded PostgreSQL: could not create system user '{PGSERVER_SYSTEM_USER}' "
+            f"({done.stderr.strip() or f'useradd exited with {done.returncode}'}); create it "
+            "by hand, run as another user, or set LEARNSTREAM_POSTGRES__URL"
+        ) from None
+
+
+def _log_tail(folder: Path, lines: int = 3) -> str:
+    try:
+        text = (folder / "log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def embedded_url(settings: Settings) -> str:
+    """Start or attach to the embedded pgserver under ``settings.postgres_dir``; its URI.
+
+    Works as root (pgserver runs PostgreSQL as the system user ``pgserver``, created here when
+    missing) and as an ordinary user. A failure raises `ServiceUnavailableError` with one line
+    saying why and what to do; pgserver's own log output is kept out of the console.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
+        raise ServiceUnavailableError(
             "no PostgreSQL: set LEARNSTREAM_POSTGRES__URL, or install the embedded server with "
             "`pip install learnstream[embedded]`"
         ) from exc
+    import subprocess
+
     folder = settings.postgres_dir.expanduser().resolve()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # pgserver keeps one handle per folder for the life of the process (or until its
-    # cleanup()); cleanup_mode "stop": the server stops when its last user process exits.
-    server = pgserver.get_server(folder, cleanup_mode="stop")
-    uri = str(server.get_uri())
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServiceUnavailableError(
+            f"embedded PostgreSQL: cannot create {folder.parent} ({exc.strerror}); set "
+            "LEARNSTREAM_POSTGRES__DIR or LEARNSTREAM_DATA_DIR to a writable folder"
+        ) from None
+    if os.geteuid() == 0:
+        _prepare_root_user(dict(os.environ))
+    pg_log = logging.getLogger("pgserver")
+    pg_log.setLevel(logging.CRITICAL)  # it logs whole server logs at ERROR; we say it in one line
+    try:
+        # pgserver keeps one handle per folder for the life of the process (or until its
+        # cleanup()); cleanup_mode "stop": the server stops when its last user process exits.
+        server = pgserver.get_server(folder, cleanup_mode="stop")
+        uri = str(server.get_uri())
+    except (subprocess.SubprocessError, OSError, AssertionError, KeyError) as exc:
+        if isinstance(exc, subprocess.CalledProcessError):
+            why = f"{Path(str(exc.cmd[0])).name} exited with {exc.returncode}"
+        elif isinstance(exc, subprocess.TimeoutExpired):
+            why = f"{Path(str(exc.cmd[0])).name} timed out after {exc.timeout:g} s"
+        else:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
+        tail = _log_tail(folder)
+        raise ServiceUnavailableError(
+            f"embedded PostgreSQL in {folder} did not start ({why})"
+            + (f"; its log ends: {tail}" if tail else "")
+            + "; remove the folder if it is corrupt, or set LEARNSTREAM_POSTGRES__URL"
+        ) from None
+    finally:
+        pg_log.setLevel(logging.WARNING)  # its INFO lines at exit are noise
     log.info("embedded PostgreSQL in %s", folder)
     return uri
 

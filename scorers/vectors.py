@@ -107,6 +107,30 @@ def tune_local_storage(client: QdrantClient, collection: str) -> bool:
     return True
 
 
+def unit_float32(vectors: Any) -> np.ndarray:
+    """Rows scaled to unit length (in float64, rounded to float32): the one stored form.
+
+    Idempotent: rounding a float64 unit row to float32 moves it far less than half a float32
+    step, so normalizing the result again gives the same floats (it is re-applied until
+    stable, at most three times, to make that hold by construction). Storing this form and
+    normalizing whatever is read back therefore never changes a stored vector.
+    """
+    import numpy as np
+
+    vecs = np.asarray(vectors, dtype=np.float32)
+    if vecs.ndim == 1:
+        vecs = vecs[None, :]
+    for _ in range(3):
+        v64 = vecs.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", v64, v64))[:, None]
+        unit = np.where(norms > 1e-12, v64 / np.where(norms > 1e-12, norms, 1.0), v64)
+        unit32 = unit.astype(np.float32)
+        if np.array_equal(unit32, vecs):
+            break
+        vecs = unit32
+    return vecs
+
+
 def _time_of(payload: dict[str, Any] | None, field: str) -> float:
     value = (payload or {}).get(field)
     return float(value) if isinstance(value, int | float) else float("inf")
@@ -164,21 +188,18 @@ class HistoryIndex:
     def add(self, ids: Sequence[str], vectors: Any, timestamps: Sequence[float]) -> None:
         """Insert or replace points (the same id is one point, as in Qdrant).
 
-        Vectors are normalized the way Qdrant local mode normalizes them (row by row in
-        float64, kept as float32). Local mode keeps the vectors as sent on disk, so a point
-        added live and the same point loaded after a restart are the same floats.
+        Vectors pass through `unit_float32`. Writers send Qdrant the same `unit_float32`
+        vectors, and it is idempotent, so a point added live and the same point loaded after a
+        restart (`load`) are bit-identical by construction, on any CPU.
         """
         import numpy as np
 
         if not len(ids):
             return
-        vecs = np.asarray(vectors, dtype=np.float64)
+        vecs = np.asarray(vectors, dtype=np.float32)
         if vecs.ndim != 2 or len(vecs) != len(ids) or len(timestamps) != len(ids):
             raise ValueError(f"{len(ids)} ids need as many vectors and timestamps")
-        # One row at a time, as local mode does: a 2-D norm rounds differently.
-        rows = [(row, np.linalg.norm(row)) for row in vecs]
-        vecs = np.stack([row / norm if norm > 1e-12 else row for row, norm in rows])
-        vecs = vecs.astype(np.float32)
+        vecs = unit_float32(vecs)
         n = len(self._ids)
         needed = n + len(ids)
         if n and vecs.shape[1] != self._vectors.shape[1]:
@@ -215,8 +236,11 @@ class HistoryIndex:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or len(q) != len(before) or len(exclude) != len(before):
             raise ValueError(f"{len(before)} cut-off times need as many queries and exclusions")
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        sims = q @ self._vectors[:n].T
+        q = unit_float32(q).astype(np.float64)
+        # BLAS rounds a dot product differently by the row's place in its tiles (live order
+        # and reload order differ); float32 products are exact in float64 and the float64
+        # sums differ only around 1e-16, so rounding to float32 gives the same cosines.
+        sims = (q @ self._vectors[:n].T.astype(np.float64)).astype(np.float32)
         ok = (sims >= threshold) & (self._ts[:n][None, :] < np.asarray(before)[:, None])
         out: list[list[tuple[str, float]]] = []
         for i, excluded in enumerate(exclude):
@@ -378,12 +402,13 @@ class VectorLookups:
 
         if not points:
             return
+        vectors = unit_float32([p.vector for p in points])
         self.client.upsert(
             INTERACTIONS,
             points=[
                 models.PointStruct(
                     id=interaction_point_id(p.event_id),
-                    vector=p.vector.tolist(),
+                    vector=vector.tolist(),
                     payload={
                         "ts": p.timestamp.timestamp(),
                         "event_id": p.event_id,
@@ -391,14 +416,14 @@ class VectorLookups:
                         "query": p.query[:2000],
                     },
                 )
-                for p in points
+                for p, vector in zip(points, vectors, strict=True)
             ],
             wait=True,
         )
         if self._index is not None:
             self._index.add(
                 [interaction_point_id(p.event_id) for p in points],
-                [p.vector for p in points],
+                vectors,
                 [p.timestamp.timestamp() for p in points],
             )
 

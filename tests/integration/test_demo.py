@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +27,10 @@ def test_example_files_are_valid_and_cover_every_source() -> None:
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path) -> None:
-    env = {"LEARNSTREAM_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # A user's environment (their PATH, whatever it holds) with a HOME and data dir that no
+    # earlier run has touched.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env.update({"LEARNSTREAM_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)})
     out = subprocess.run(
         [sys.executable, "-m", "learnstream", "demo"],
         env=env,
