@@ -92,13 +92,113 @@ def broker(obj: Context, brokers: int) -> None:
     from learnstream.kafka import read_dev_broker
 
     settings = obj.settings
-    running = read_dev_broker(settings.broker_file)
-    if running is not None:
-        raise click.ClickException(
-            f"a dev broker is already running on {running['bootstrap_servers']} "
-            f"(pid {running['pid']}, recorded in {settings.broker_file})"
-        )
+    _refuse_if_broker_running(read_dev_broker(settings.broker_file), settings.broker_file)
     serve(settings.broker_file, brokers)
+
+
+def _refuse_if_broker_running(running: dict[str, Any] | None, broker_file: Path) -> None:
+    if running is not None:
+        what = "a local Kafka" if running.get("kind") == "kafka" else "a dev broker"
+        raise click.ClickException(
+            f"{what} is already running on {running['bootstrap_servers']} "
+            f"(pid {running['pid']}, recorded in {broker_file})"
+        )
+
+
+def _property_pairs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx=ctx, param=param)
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+@cli.command("kafka")
+@click.option(
+    "--nodes",
+    default=1,
+    show_envvar=True,
+    type=click.IntRange(1, 5),
+    help="KRaft nodes, each broker and controller (3: replication factor 3, min ISR 2).",
+)
+@click.option(
+    "--port",
+    default=0,
+    show_envvar=True,
+    type=click.IntRange(0, 65535),
+    help="Client port of node 1 (node N: port+N-1); 0: the recorded one, else a free one.",
+)
+@click.option("--heap", default="512m", show_envvar=True, help="Java heap of each node (-Xmx).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    envvar="LEARNSTREAM_KAFKA_SET",
+    show_envvar=True,
+    callback=_property_pairs,
+    help="A server.properties entry on top of the generated ones (repeatable).",
+)
+@click.option(
+    "--kafka-home",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    envvar="KAFKA_HOME",
+    show_envvar=True,
+    help="An unpacked Kafka distribution (its libs/) to run instead of the cached jars.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="LEARNSTREAM_KAFKA_CACHE",
+    show_envvar=True,
+    help="Where the Kafka jars are kept (under <version>/lib); unset: ~/.cache/learnstream/kafka.",
+)
+@pass_ctx
+def kafka_command(  # noqa: PLR0917 (click passes the options)
+    obj: Context,
+    nodes: int,
+    port: int,
+    heap: str,
+    overrides: dict[str, str],
+    kafka_home: Path | None,
+    cache_dir: Path | None,
+) -> None:
+    """Run a real Apache Kafka (KRaft, 4.4.0) on loopback, its data under the data directory.
+
+    Like `broker` it prints the bootstrap address and records it where every other command
+    finds it, but it is Kafka itself: topics and committed offsets persist across restarts
+    (same port, same cluster), and CreateTopics, configs, replication and transactions work.
+    Stops cleanly on Ctrl-C/SIGTERM.
+
+    \b
+    Needs Java 17+. The jars come from Maven on the first run (the pom ships in
+    learnstream/localkafka_files/) into the cache; later runs work offline without Maven.
+    Data: <data dir>/kafka (cluster.json, node-N/, logs/node-N.log at WARN and above).
+    """
+    from learnstream.kafka import read_dev_broker
+    from learnstream.localkafka import LocalKafka, LocalKafkaError, serve
+
+    settings = obj.settings
+    _refuse_if_broker_running(read_dev_broker(settings.broker_file), settings.broker_file)
+    cluster = LocalKafka(
+        settings.data_dir,
+        nodes=nodes,
+        port=port,
+        heap=heap,
+        overrides=overrides,
+        kafka_home=kafka_home,
+        cache_dir=cache_dir,
+        record_file=settings.broker_file,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    try:
+        serve(cluster)
+    except LocalKafkaError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # --- topics ---------------------------------------------------------------------------------
@@ -113,19 +213,22 @@ def topics() -> None:
 @pass_ctx
 def topics_create(obj: Context) -> None:
     """Create every registry topic that is missing (partitions, retention, cleanup policy)."""
-    from learnstream.devbroker import MOCK_DEFAULT_PARTITIONS
-    from learnstream.kafka import is_dev_broker
+    from learnstream.brokerprofile import MOCK_DEFAULT_PARTITIONS, profile_for
     from learnstream.topicadmin import create_topics
 
     conf = obj.kafka_config()
-    if is_dev_broker(obj.settings):
+    if not profile_for(obj.settings).creates_topics:
         click.echo(
             f"dev broker at {conf['bootstrap.servers']}: topics are auto-created on first use "
             f"({MOCK_DEFAULT_PARTITIONS} partitions, in memory); nothing to create."
         )
         return
+    warned = False
     for name, state in create_topics(conf, obj.settings.kafka.replication_factor).items():
-        click.echo(f"{name:24} {state}")
+        warned |= state.startswith("exists with")
+        click.echo(f"{name:24} {state}", err=state.startswith("exists with"))
+    if warned:
+        click.echo("warning: some topics have fewer partitions than the registry", err=True)
 
 
 @topics.command("list")
@@ -147,16 +250,16 @@ def topics_list(obj: Context) -> None:
 @pass_ctx
 def topics_describe(obj: Context, names: tuple[str, ...]) -> None:
     """Partitions, leaders, offsets and configs of topics (default: every registry topic)."""
-    from learnstream.kafka import is_dev_broker
+    from learnstream.brokerprofile import profile_for
     from learnstream.topicadmin import describe_topic
     from schemas.topics import TOPICS
 
     conf = obj.kafka_config()
-    dev = is_dev_broker(obj.settings)
+    with_configs = profile_for(obj.settings).describes_configs
     failed = False
     for name in names or tuple(TOPICS):
         try:
-            info = describe_topic(conf, name, with_configs=not dev)
+            info = describe_topic(conf, name, with_configs=with_configs)
         except LookupError as exc:
             click.echo(f"{name}: {exc}", err=True)
             failed = True
@@ -541,8 +644,16 @@ def show_config(obj: Context) -> None:
     default=None,
     help="Where to export JSON Schemas (default: <data dir>/schemas).",
 )
+@click.option(
+    "--kafka",
+    "use_kafka",
+    is_flag=True,
+    show_envvar=True,
+    help="Run on a real local Apache Kafka (`learnstream kafka`) instead of the in-memory "
+    "dev broker.",
+)
 @pass_ctx
-def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
+def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafka: bool) -> None:
     """Run the main job on embedded defaults and print a summary.
 
     Starts the dev broker in this process (unless LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is set),
@@ -551,8 +662,18 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None) -> None:
     training run (of a tiny locally built model unless LEARNSTREAM_BASE_MODEL is set) reported.
     """
     from learnstream.demo import run_demo
+    from learnstream.localkafka import LocalKafkaError
 
-    run_demo(obj.settings, examples=examples, schemas_dir=schemas_dir, echo=click.echo)
+    try:
+        run_demo(
+            obj.settings,
+            examples=examples,
+            schemas_dir=schemas_dir,
+            echo=click.echo,
+            kafka=use_kafka,
+        )
+    except LocalKafkaError as exc:
+        raise click.ClickException(f"local Kafka: {exc}") from None
 
 
 def _register_plugins() -> None:
@@ -569,11 +690,11 @@ _register_plugins()
 
 def main() -> None:
     """Console-script entry point."""
-    from learnstream.errors import ResourceBusyError
+    from learnstream.errors import ResourceBusyError, ServiceUnavailableError
 
     try:
         cli(prog_name="learnstream")
-    except ResourceBusyError as exc:
+    except (ResourceBusyError, ServiceUnavailableError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
 

@@ -29,11 +29,29 @@ class DemoSummary:
 
 
 @contextmanager
-def dev_broker_if_needed(settings: Settings, echo: Callable[[str], None]) -> Iterator[Settings]:
-    """Yield settings pointing at a broker: the configured one, or an in-process dev broker."""
+def dev_broker_if_needed(
+    settings: Settings, echo: Callable[[str], None], *, kafka: bool = False
+) -> Iterator[Settings]:
+    """Yield settings pointing at a broker: the configured one, else an in-process dev broker,
+    or with ``kafka`` a real local Kafka (`learnstream.localkafka`) whose data stays in the
+    data directory."""
     if settings.kafka.bootstrap_servers:
         echo(f"broker: {settings.kafka.bootstrap_servers} (configured)")
         yield settings
+        return
+    if kafka:
+        from learnstream.localkafka import LocalKafka
+
+        echo("broker: starting a local Apache Kafka (first run: Maven fetches its jars) ...")
+        with LocalKafka(settings.data_dir, record_file=settings.broker_file).start() as local:
+            echo(f"broker: local Kafka on {local.bootstrap_servers} (data in {local.root})")
+            yield settings.model_copy(
+                update={
+                    "kafka": settings.kafka.model_copy(
+                        update={"bootstrap_servers": local.bootstrap_servers}
+                    )
+                }
+            )
         return
     from learnstream.devbroker import DevBroker, remove_record, write_record
 
@@ -262,6 +280,7 @@ def run_demo(
     schemas_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     timeout: float = 600.0,
+    kafka: bool = False,
 ) -> DemoSummary:
     """The whole loop on embedded defaults; prints a summary and returns the publish counts.
 
@@ -290,7 +309,7 @@ def run_demo(
         echo(f"base model: a tiny causal LM built locally in {base_model}")
         echo("  (it stands in for the real one: set LEARNSTREAM_BASE_MODEL to a name or path)")
     summary = DemoSummary()
-    with dev_broker_if_needed(settings, echo) as live:
+    with dev_broker_if_needed(settings, echo, kafka=kafka) as live:
         port = free_port()
         children = Children(_child_env(live, base_model, port), live.data_dir / "demo-logs")
         try:
@@ -390,6 +409,7 @@ def _print_summary(
         f"patterns learned: {learned['new']} new, {learned['merged']} merged; "
         f"dataset {path}: {data.get('examples', data.get('lines'))} examples"
     )
+    _print_gate(data.get("refusals") or {}, len(tally.candidates), echo)
     for t in tally.triggers.values():
         echo(f"training trigger {t['trigger_id'][:8]}: {', '.join(t['reasons'])} ({t['detail']})")
     for r in tally.results.values():
@@ -407,6 +427,25 @@ def _print_summary(
     echo(f"  PostgreSQL table telemetry_events (embedded under {settings.postgres_dir}),")
     echo(f"  `learnstream adapters list --base-model {base_model}`, `learnstream dataset stats`,")
     echo("  `learnstream patterns top`, and /metrics on every process.")
+
+
+def _print_gate(refusals: dict[str, Any], candidates: int, echo: Callable[[str], None]) -> None:
+    """The substance gate's and the dataset balance's part, from the refusals log."""
+
+    def by(counts: dict[str, int]) -> str:
+        return ", ".join(f"{reason} {n}" for reason, n in counts.items())
+
+    refused = int(refusals.get("refused", 0))
+    why = f" ({by(refusals.get('refused_by_reason') or {})})" if refused else ""
+    echo(
+        f"substance gate: {refused} of {candidates} candidates refused{why}, "
+        f"{max(0, candidates - refused)} passed"
+    )
+    skipped = int(refusals.get("skipped", 0))
+    if skipped:
+        echo(f"  dataset balance: {skipped} examples skipped ({by(refusals['skipped_by_reason'])})")
+    if refused or skipped:
+        echo(f"  reasons and excerpts for review: {refusals.get('path')}")
 
 
 def _collect_ids(examples: Path, files: set[str]) -> set[str]:

@@ -17,8 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-MOCK_DEFAULT_PARTITIONS = 4
-
 
 class DevBroker:
     """A running mock cluster, alive as long as this object (and its process) is."""
@@ -43,13 +41,20 @@ class DevBroker:
         del self._handle
 
 
-def write_record(path: Path, bootstrap_servers: str, num_brokers: int) -> dict[str, Any]:
-    """Record the broker's address atomically so other commands find it."""
+def write_record(
+    path: Path, bootstrap_servers: str, num_brokers: int, **extra: Any
+) -> dict[str, Any]:
+    """Record the broker's address atomically so other commands find it.
+
+    ``extra`` fields are added as they are (`learnstream kafka` adds ``kind="kafka"``, the
+    Java ``pids`` and more); ``pid`` is this process, the one that removes the record.
+    """
     record = {
         "bootstrap_servers": bootstrap_servers,
         "pid": os.getpid(),
         "num_brokers": num_brokers,
         "started_at": datetime.now(UTC).isoformat(),
+        **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -26,13 +26,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _reachable(address: str, timeout: float = 1.0) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+def _reachable(addresses: str, timeout: float = 1.0) -> bool:
+    """Whether any of the comma-separated ``host:port`` addresses accepts a connection."""
+    for address in addresses.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def read_dev_broker(broker_file: Path) -> dict[str, Any] | None:
@@ -68,12 +71,14 @@ def is_dev_broker(settings: Settings) -> bool:
     """True when this process talks to the dev broker (librdkafka's mock cluster).
 
     ``LEARNSTREAM_KAFKA__DEV_BROKER`` decides when set; otherwise: no bootstrap servers
-    configured (the recorded dev broker is used), or the cluster's id is the mock's.
+    configured and the recorded broker is the dev broker (not a `learnstream kafka`, whose
+    record says ``"kind": "kafka"``), or the cluster's id is the mock's.
     """
     if settings.kafka.dev_broker is not None:
         return settings.kafka.dev_broker
     if settings.kafka.bootstrap_servers is None:
-        return True
+        record = read_dev_broker(settings.broker_file)
+        return record is None or record.get("kind") != "kafka"
     security = tuple(sorted(settings.kafka.security_config().items()))
     return _is_mock_cluster(settings.kafka.bootstrap_servers, security)
 
@@ -103,11 +108,6 @@ def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return conf
 
 
-# The mock cluster waits (session timeout - 1 s) before it completes any rebalance, even when
-# every member has rejoined; short group timings keep joins and scale-outs quick there.
-DEV_GROUP_TIMINGS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
-
-
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Properties of a manually committing consumer in ``group_id`` (reads from the start)."""
     conf: dict[str, Any] = {
@@ -116,8 +116,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
     }
-    if is_dev_broker(settings):
-        conf.update(DEV_GROUP_TIMINGS)
+    from learnstream.brokerprofile import profile_for
+
+    conf.update(profile_for(settings).consumer_overrides)
     return client_config(settings, **{**conf, **overrides})
 
 

@@ -25,7 +25,8 @@ How it works:
   command refuses while ``describe_consumer_groups`` lists members (naming them), unless
   ``--force``. Where the broker cannot describe groups it says so and requires ``--force``.
 
-Dev-broker (librdkafka mock cluster) fallbacks, found by experiment with confluent-kafka 2.16:
+Dev-broker (librdkafka mock cluster) fallbacks, found by experiment with confluent-kafka 2.16;
+they run only under the mock's `learnstream.brokerprofile.BrokerProfile`:
 
 - DescribeGroups is not implemented (``_UNSUPPORTED_FEATURE``): membership cannot be checked,
   so a real run needs ``--force``.
@@ -504,11 +505,14 @@ def lookup_times(
     states: Sequence[PartitionState],
     ts_ms: int,
     timeout: float = 10.0,
+    *,
+    scan_for_times: bool = False,
 ) -> dict[TopicPartitionKey, int | None]:
     """Per partition, the first offset whose record is at or after ``ts_ms``; None if none.
 
-    Uses ``offsets_for_times``; where that says "none" although the partition's last record
-    is at or after the time (brokers without a time index, like the dev broker), the
+    Uses ``offsets_for_times`` (the broker's time index). With ``scan_for_times`` (brokers
+    without a time index, like the dev broker: `BrokerProfile.timestamp_index` is false),
+    where that says "none" although the partition's last record is at or after the time, the
     partition is scanned from its low watermark.
     """
     from confluent_kafka import KafkaException, TopicPartition
@@ -539,7 +543,8 @@ def lookup_times(
                 result[key] = tp.offset
             else:
                 result[key] = None
-                doubtful[key] = by_key[key].high - 1
+                if scan_for_times:
+                    doubtful[key] = by_key[key].high - 1
         # "None at or after the time": check the last record, which must then be older.
         last_ts: dict[TopicPartitionKey, int] = {}
 
@@ -656,12 +661,15 @@ def apply_plan(
     plans: Sequence[PartitionPlan],
     info: GroupInfo,
     timeout: float = 30.0,
+    *,
+    commit_by_joining: bool = False,
 ) -> CommitOutcome:
     """Commit the plan's new offsets for ``group``.
 
-    AlterConsumerGroupOffsets first; when the broker rejects it with UNKNOWN_MEMBER_ID for
-    every partition and the group is not known to have members (the dev broker does this for
-    any group that ever had members), the offsets are committed by joining the group instead.
+    AlterConsumerGroupOffsets. With ``commit_by_joining`` (the dev broker:
+    `BrokerProfile.commit_by_joining`), when the broker rejects it with UNKNOWN_MEMBER_ID for
+    every partition and the group is not known to have members (the mock does this for any
+    group that ever had members), the offsets are committed by joining the group instead.
     """
     offsets = {p.state.key: p.new for p in plans if p.new is not None}
     if not offsets:
@@ -670,7 +678,12 @@ def apply_plan(
     if not failed:
         return CommitOutcome("admin")
     codes = {getattr(e, "code", lambda: None)() for e in failed.values()}
-    if set(failed) == set(offsets) and codes == {UNKNOWN_MEMBER_ID} and info.may_be_empty:
+    if (
+        commit_by_joining
+        and set(failed) == set(offsets)
+        and codes == {UNKNOWN_MEMBER_ID}
+        and info.may_be_empty
+    ):
         commit_as_member(conf, group, offsets, timeout)
         return CommitOutcome(
             "member",

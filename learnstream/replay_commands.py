@@ -156,10 +156,20 @@ def replay(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    conf = _kafka_config(command_settings())
+    from learnstream.brokerprofile import profile_for
+
+    settings = command_settings()
+    conf = _kafka_config(settings)
+    profile = profile_for(settings)
     try:
         states = read_states(conf, group, topics, partitions, timeout)
-        times = lookup_times(conf, states, target.value, timeout) if target.kind == "time" else {}
+        times = (
+            lookup_times(
+                conf, states, target.value, timeout, scan_for_times=not profile.timestamp_index
+            )
+            if target.kind == "time"
+            else {}
+        )
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
     plans = plan_resets(states, target, times)
@@ -181,7 +191,9 @@ def replay(
     if reason:
         raise click.ClickException(reason)
     try:
-        outcome = apply_plan(conf, group, plans, info, timeout)
+        outcome = apply_plan(
+            conf, group, plans, info, timeout, commit_by_joining=profile.commit_by_joining
+        )
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
     if outcome.note:

@@ -113,6 +113,34 @@ class ScoreSettings(Group):
     batch_within_ms: int = Field(
         default=100, ge=1, description="Longest wait to fill a batch (bounds added latency)."
     )
+    watermark: bool = Field(
+        default=True,
+        description=(
+            "Hold each look-up event until every input partition has delivered what arrived "
+            "up to its arrival + horizon (docs/replay-determinism.md); off: score on arrival."
+        ),
+    )
+    watermark_horizon_ms: int = Field(
+        default=1000,
+        ge=0,
+        description=(
+            "Look-ups see earlier interactions that arrived at most this long after the event "
+            "(changes scores: part of the scorer's definition)."
+        ),
+    )
+    watermark_margin_ms: int = Field(
+        default=250,
+        ge=0,
+        description="Allowed producer-to-broker delay and timestamp disorder per partition.",
+    )
+    watermark_max_hold_ms: int = Field(
+        default=30_000,
+        ge=1,
+        description="Longest an event is held; then it is scored anyway (flagged forced).",
+    )
+    watermark_tick_ms: int = Field(
+        default=100, ge=10, description="How often held events are checked for release."
+    )
 
 
 class TriggerSettings(Group):
@@ -163,6 +191,10 @@ class WorkerSettings(Group):
     web_bind: str = Field(default="0.0.0.0", description="Address the web server listens on.")
     extract: bool = Field(default=True, description="Run the `extract` agent in this worker.")
     triggers: bool = Field(default=True, description="Run the `triggers` agent in this worker.")
+    create_topics: bool = Field(
+        default=True,
+        description="Create missing registry topics at start (not on the dev broker).",
+    )
 
 
 class GatewaySettings(Group):

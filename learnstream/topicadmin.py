@@ -26,13 +26,27 @@ def _admin(conf: dict[str, Any]) -> Any:
 def create_topics(
     conf: dict[str, Any], replication_factor: int = 1, timeout: float = 30.0
 ) -> dict[str, str]:
-    """Create every registry topic that is missing; returns name -> 'created' | 'exists'."""
+    """Create every registry topic that is missing; returns name -> what happened.
+
+    ``created``, ``exists``, or for a topic that exists with fewer partitions than the
+    registry wants, ``exists with N partitions; the registry wants M ...`` (a warning: keys
+    hash to partitions, so adding partitions is left to the operator; nothing is changed).
+    """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
     admin = _admin(conf)
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    topics = admin.list_topics(timeout=timeout).topics
+    existing = set(topics)
     outcome = {name: "exists" for name in TOPICS if name in existing}
+    for name in outcome:
+        have, want = len(topics[name].partitions), TOPICS[name].partitions
+        if have < want:
+            outcome[name] = (
+                f"exists with {have} partitions; the registry wants {want} (warning: add "
+                f"them with `kafka-topics --alter --partitions {want}` or "
+                f"`rpk topic add-partitions {name} --num {want - have}`; keys then move)"
+            )
     new = [
         NewTopic(
             spec.name,

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import faust
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from learnstream.kafka import bootstrap_servers, is_dev_broker
+from learnstream.brokerprofile import profile_for
+from learnstream.kafka import bootstrap_servers, client_config
 from learnstream.metrics import StreamMetrics
 from learnstream.settings import Settings
 from scorers.embeddings import Embedder
@@ -124,36 +125,30 @@ def create_app(
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     ctx = context or build_context(settings, registry)
-    dev = is_dev_broker(settings)
+    profile = profile_for(settings)
     if web_port is None:
         web_port = settings.worker.web_port
     if web_port == 0:  # Faust wants a real port number
         web_port = free_port()
-    if dev:
-        from streams.mockcompat import shorten_fetch_wait, tolerate_mock_group_sync
-
-        tolerate_mock_group_sync()
-        shorten_fetch_wait()
+    profile.prepare_faust()
     app = faust.App(
         settings.worker.app_id,
         broker=broker_urls(settings),
         broker_credentials=broker_credentials(settings),
-        topic_allow_declare=not dev,
+        topic_allow_declare=profile.creates_topics,
         topic_disable_leader=True,
         store="memory://",
         web_enabled=web_enabled,
         web_port=web_port,
         web_bind=settings.worker.web_bind,
         producer_linger=0.005,
-        producer_compression_type="lz4" if not dev else None,
+        producer_compression_type=profile.compression,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16384,
         datadir=str(settings.data_dir / "faust"),
-        # The mock cluster waits (session timeout - 1 s) for members to rejoin before it
-        # completes a rebalance, even when all have; keep that short on the dev broker.
-        broker_session_timeout=8.0 if dev else 60.0,
-        broker_heartbeat_interval=1.0 if dev else 3.0,
+        broker_session_timeout=profile.faust_session_timeout,
+        broker_heartbeat_interval=profile.faust_heartbeat_interval,
     )
 
     @app.page("/metrics")
@@ -177,8 +172,30 @@ def create_app(
     return app
 
 
+def ensure_topics(settings: Settings) -> dict[str, str]:
+    """Create the registry topics that are missing, where the broker can (not the mock).
+
+    A consumer subscribed to a topic that does not exist yet only notices it at its next
+    metadata refresh (minutes), so the worker makes sure its topics exist before it joins.
+    Returns what `learnstream.topicadmin.create_topics` did; empty where nothing was asked.
+    """
+    from learnstream.topicadmin import create_topics
+
+    if not (settings.worker.create_topics and profile_for(settings).creates_topics):
+        return {}
+    done = create_topics(client_config(settings), settings.kafka.replication_factor)
+    created = sorted(name for name, state in done.items() if state == "created")
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    for name, state in sorted(done.items()):
+        if state.startswith("exists with"):
+            log.warning("topic %s %s", name, state)
+    return done
+
+
 def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:
     """Run a Faust worker until SIGINT/SIGTERM."""
+    ensure_topics(settings)
     app = create_app(settings, web_port=web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG when the level is WARNING or

@@ -1,4 +1,5 @@
-"""Session-scoped services: the dev broker (a subprocess), PostgreSQL (pgserver), Qdrant (local)."""
+"""Session-scoped services: the broker (a real local Kafka by default), PostgreSQL (pgserver),
+Qdrant (local mode)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-pytestmark = pytest.mark.integration
 
 
 class DevBrokerProcess:
@@ -48,20 +50,102 @@ class DevBrokerProcess:
         return self.proc.returncode, out
 
 
+@dataclass
+class BrokerUnderTest:
+    """The broker the integration tests run on.
+
+    ``kind``: ``kafka`` (a real local Apache Kafka started by the suite, the default),
+    ``mock`` (librdkafka's mock cluster, ``LEARNSTREAM_TEST_BROKER=mock``, for machines
+    without Java) or ``external`` (``LEARNSTREAM_TEST_BOOTSTRAP=host:port``).
+    ``kafka`` is the launcher handle when the suite started it (node kills and restarts).
+    """
+
+    bootstrap_servers: str
+    kind: str
+    data_dir: Path
+    kafka: Any = None
+
+    @property
+    def real(self) -> bool:
+        """True unless this is the mock cluster."""
+        return self.kind != "mock"
+
+
+def _start_local_kafka(data_dir: Path, nodes: int = 1) -> Any:
+    from learnstream.localkafka import LocalKafka
+
+    return LocalKafka(data_dir, nodes=nodes, heap="384m" if nodes > 1 else "512m").start()
+
+
 @pytest.fixture(scope="session")
-def dev_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBrokerProcess]:
-    """One dev broker for the whole session; tests keep apart by unique topic/group names."""
-    broker = DevBrokerProcess(tmp_path_factory.mktemp("broker"))
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest]:
+    """One broker for the whole session; tests keep apart by unique topic/group names.
+
+    A real local Kafka by default. Under ``CI=true`` it must start: the run fails, it does
+    not fall back. Elsewhere a machine without Java falls back to the mock, with a warning.
+    """
+    external = os.environ.get("LEARNSTREAM_TEST_BOOTSTRAP")
+    data_dir = tmp_path_factory.mktemp("broker")
+    if external:
+        yield BrokerUnderTest(external, "external", data_dir)
+        return
+    mode = os.environ.get("LEARNSTREAM_TEST_BROKER", "kafka")
+    if mode not in {"kafka", "mock"}:
+        raise pytest.UsageError(f"LEARNSTREAM_TEST_BROKER must be kafka or mock, not {mode!r}")
+    if mode == "kafka":
+        from learnstream.localkafka import LocalKafkaError
+
+        try:
+            kafka = _start_local_kafka(data_dir)
+        except LocalKafkaError as exc:
+            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+                pytest.exit(f"CI needs the real Kafka broker, and it did not start: {exc}", 3)
+            warnings.warn(
+                f"no local Kafka ({exc}); the integration tests run on the mock cluster",
+                stacklevel=1,
+            )
+        else:
+            try:
+                yield BrokerUnderTest(kafka.bootstrap_servers, "kafka", data_dir, kafka)
+            finally:
+                kafka.stop()
+            return
+    mock = DevBrokerProcess(data_dir)
+    yield BrokerUnderTest(mock.bootstrap_servers, "mock", data_dir)
+    code, out = mock.stop()
+    assert code == 0, out
+
+
+@pytest.fixture
+def real_kafka(kafka_broker: BrokerUnderTest) -> BrokerUnderTest:
+    """The session broker, for tests of what only a real broker does (skipped on the mock)."""
+    if not kafka_broker.real:
+        pytest.skip("needs a real Kafka broker (LEARNSTREAM_TEST_BROKER=mock is set)")
+    return kafka_broker
+
+
+@pytest.fixture
+def local_kafka(kafka_broker: BrokerUnderTest) -> BrokerUnderTest:
+    """The session broker when the suite runs it itself (kill and restart tests)."""
+    if kafka_broker.kafka is None:
+        pytest.skip("needs the suite's own local Kafka (not the mock or an external cluster)")
+    return kafka_broker
+
+
+@pytest.fixture(scope="session")
+def mock_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBrokerProcess]:
+    """The dev broker (mock cluster) itself, for the tests of `learnstream broker`."""
+    broker = DevBrokerProcess(tmp_path_factory.mktemp("mock"))
     yield broker
     code, out = broker.stop()
     assert code == 0, out
 
 
 @pytest.fixture
-def kafka_env(dev_broker: DevBrokerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point this test's settings at the session dev broker; returns the bootstrap address."""
-    monkeypatch.setenv("LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS", dev_broker.bootstrap_servers)
-    return dev_broker.bootstrap_servers
+def kafka_env(kafka_broker: BrokerUnderTest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point this test's settings at the session broker; returns the bootstrap address."""
+    monkeypatch.setenv("LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS", kafka_broker.bootstrap_servers)
+    return kafka_broker.bootstrap_servers
 
 
 @pytest.fixture
@@ -73,7 +157,9 @@ def unique() -> str:
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private PostgreSQL (with pgvector) started by pgserver in a temp folder."""
-    import pgserver
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import pgserver
 
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     try:

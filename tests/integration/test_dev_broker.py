@@ -37,7 +37,7 @@ def _produce(
     assert errors == []
 
 
-def test_confluent_kafka_to_aiokafka_round_trip(dev_broker: DevBrokerProcess, unique: str) -> None:
+def test_confluent_kafka_to_aiokafka_round_trip(mock_broker: DevBrokerProcess, unique: str) -> None:
     """What confluent-kafka (producers, sink) writes, aiokafka (Faust) reads back intact."""
     from aiokafka import AIOKafkaConsumer
 
@@ -55,12 +55,12 @@ def test_confluent_kafka_to_aiokafka_round_trip(dev_broker: DevBrokerProcess, un
         )
         for i in range(30)
     ]
-    _produce(dev_broker.bootstrap_servers, topic, sent)
+    _produce(mock_broker.bootstrap_servers, topic, sent)
 
     async def consume() -> list[tuple[bytes, bytes, int, list[tuple[str, bytes]]]]:
         consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=dev_broker.bootstrap_servers,
+            bootstrap_servers=mock_broker.bootstrap_servers,
             group_id=f"g.{unique}",
             auto_offset_reset="earliest",
         )
@@ -89,19 +89,19 @@ def test_confluent_kafka_to_aiokafka_round_trip(dev_broker: DevBrokerProcess, un
 
 
 def test_topics_commands_against_the_dev_broker(
-    dev_broker: DevBrokerProcess, unique: str, monkeypatch: pytest.MonkeyPatch
+    mock_broker: DevBrokerProcess, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No bootstrap configured: commands find the dev broker through the data directory."""
-    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(dev_broker.data_dir))
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(mock_broker.data_dir))
     runner = CliRunner()
     created = runner.invoke(cli, ["topics", "create"])
     assert created.exit_code == 0, created.output
     assert (
-        f"dev broker at {dev_broker.bootstrap_servers}: topics are auto-created" in created.output
+        f"dev broker at {mock_broker.bootstrap_servers}: topics are auto-created" in created.output
     )
 
     _produce(
-        dev_broker.bootstrap_servers,
+        mock_broker.bootstrap_servers,
         "telemetry.aidb",
         [(b"s1", b'{"a": 1}', []), (b"s1", b'{"a": 2}', [])],
     )
@@ -126,8 +126,8 @@ def test_topics_commands_against_the_dev_broker(
     assert missing.exit_code == 1
 
 
-def test_second_broker_on_same_data_dir_is_refused(dev_broker: DevBrokerProcess) -> None:
-    env = {**os.environ, "LEARNSTREAM_DATA_DIR": str(dev_broker.data_dir)}
+def test_second_broker_on_same_data_dir_is_refused(mock_broker: DevBrokerProcess) -> None:
+    env = {**os.environ, "LEARNSTREAM_DATA_DIR": str(mock_broker.data_dir)}
     out = subprocess.run(
         [sys.executable, "-m", "learnstream", "broker"],
         check=False,
@@ -137,7 +137,7 @@ def test_second_broker_on_same_data_dir_is_refused(dev_broker: DevBrokerProcess)
         timeout=30,
     )
     assert out.returncode == 1
-    assert f"already running on {dev_broker.bootstrap_servers}" in out.stderr
+    assert f"already running on {mock_broker.bootstrap_servers}" in out.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

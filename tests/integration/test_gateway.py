@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from learnstream.settings import load_settings
 from schemas import SCHEMA_VERSION, Source
 from streams.producers.gateway import GatewayServer, make_gateway
-from tests.integration.conftest import DevBrokerProcess
+from tests.integration.conftest import BrokerUnderTest
 from tests.integration.kafka_helpers import Record, consume
 from tests.unit.events import event
 
@@ -102,21 +102,21 @@ GatewayFactory = Callable[..., Gateway]
 
 
 @pytest.fixture
-def make(dev_broker: DevBrokerProcess, tmp_path: Path) -> Iterator[GatewayFactory]:
+def make(kafka_broker: BrokerUnderTest, tmp_path: Path) -> Iterator[GatewayFactory]:
     """Start gateways on ephemeral ports; each is closed (and its producer flushed) after."""
     started: list[GatewayServer] = []
 
     def _make(**overrides: Any) -> Gateway:
         settings = load_settings(
             data_dir=tmp_path / f"data{len(started)}",
-            kafka={"bootstrap_servers": dev_broker.bootstrap_servers},
+            kafka={"bootstrap_servers": kafka_broker.bootstrap_servers},
             **overrides,
         )
         registry = CollectorRegistry()
         server = make_gateway(settings, registry=registry, host="127.0.0.1", port=0)
         started.append(server)
         server.start()
-        return Gateway(server, registry, dev_broker.bootstrap_servers)
+        return Gateway(server, registry, kafka_broker.bootstrap_servers)
 
     yield _make
     for server in started:
@@ -548,9 +548,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_cli_gateway_serves_until_sigterm(dev_broker: DevBrokerProcess, unique: str) -> None:
+def test_cli_gateway_serves_until_sigterm(kafka_broker: BrokerUnderTest, unique: str) -> None:
     port = free_port()
-    env = {**os.environ, "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": dev_broker.bootstrap_servers}
+    env = {**os.environ, "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers}
     proc = subprocess.Popen(
         [sys.executable, "-m", "learnstream", "gateway", "--port", str(port)],
         env=env,
@@ -592,7 +592,7 @@ def test_cli_gateway_serves_until_sigterm(dev_broker: DevBrokerProcess, unique: 
     assert f"gateway listening on http://127.0.0.1:{port}" in out
     assert "Traceback" not in out, out
     got = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["telemetry.ralph"],
         keep=lambda r: r.headers.get("event_id", b"").decode() == event_id,
         until=lambda kept: len(kept) >= 1,

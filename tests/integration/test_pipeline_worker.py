@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.training import TrainingResult
-from tests.integration.conftest import DevBrokerProcess
+from tests.integration.conftest import BrokerUnderTest
 from tests.integration.kafka_helpers import Record, consume
 from tests.integration.workers import WorkerProcess
 
@@ -97,10 +97,10 @@ def _wait(predicate: Any, timeout: float, what: str, worker: WorkerProcess) -> A
 
 @pytest.fixture(scope="module")
 def worker(
-    dev_broker: DevBrokerProcess, tmp_path_factory: pytest.TempPathFactory
+    kafka_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     w = WorkerProcess(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         tmp_path_factory.mktemp("pipeline"),
         app_id=f"pipeline-{RUN}",
         LEARNSTREAM_BASE_MODEL=BASE_MODEL,
@@ -123,9 +123,9 @@ def _ours(kind: str) -> Any:
 
 
 def test_candidates_become_patterns_dataset_rows_and_one_trigger(
-    dev_broker: DevBrokerProcess, worker: WorkerProcess
+    kafka_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
-    bootstrap = dev_broker.bootstrap_servers
+    bootstrap = kafka_broker.bootstrap_servers
     events = [_high_value(n, q) for n, q in enumerate(QUERIES)]
     _produce(
         bootstrap,
@@ -251,9 +251,9 @@ def test_candidates_become_patterns_dataset_rows_and_one_trigger(
 
 
 def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
-    dev_broker: DevBrokerProcess, worker: WorkerProcess
+    kafka_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
-    bootstrap = dev_broker.bootstrap_servers
+    bootstrap = kafka_broker.bootstrap_servers
     candidates = consume(
         bootstrap,
         ["patterns.candidates"],
@@ -309,11 +309,11 @@ def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
 
 
 def test_improvement_state_survives_a_worker_restart_without_new_triggers(
-    dev_broker: DevBrokerProcess, worker: WorkerProcess
+    kafka_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
     path = f"/api/v1/improvement/status?base_model={BASE_MODEL}"
     learned = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["patterns.learned"],
         keep=_ours("learned"),
         until=lambda kept: len(kept) >= len(QUERIES),
@@ -332,7 +332,7 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
 
     # Same group, same data dir: the table is recovered from its changelog topic.
     again = WorkerProcess(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         worker.data_dir,
         app_id=f"pipeline-{RUN}",
         LEARNSTREAM_BASE_MODEL=BASE_MODEL,
@@ -349,7 +349,7 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
         assert after["pending_trigger_id"] == before["pending_trigger_id"]
         time.sleep(6)  # a few timer ticks
         triggers = consume(
-            dev_broker.bootstrap_servers,
+            kafka_broker.bootstrap_servers,
             ["training.triggers"],
             keep=_ours("trigger"),
             until=lambda kept: False,

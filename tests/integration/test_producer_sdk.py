@@ -19,7 +19,7 @@ from learnstream.settings import load_settings
 from schemas import Source, parse_event
 from schemas.events.ralph import RalphEvent
 from streams.producers import TelemetryProducer
-from tests.integration.conftest import DevBrokerProcess
+from tests.integration.conftest import BrokerUnderTest, DevBrokerProcess
 from tests.integration.kafka_helpers import Record, consume
 from tests.unit.events import CASES, event
 
@@ -57,12 +57,12 @@ def _by_id(records: list[Record]) -> dict[str, list[Record]]:
 
 
 def test_every_source_and_type_arrives_with_key_headers_and_value(
-    dev_broker: DevBrokerProcess, tmp_path: Path
+    kafka_broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     registry = CollectorRegistry()
     sent: dict[str, tuple[str, str, dict]] = {}
     with TelemetryProducer(
-        settings=_settings(dev_broker.bootstrap_servers, tmp_path), registry=registry
+        settings=_settings(kafka_broker.bootstrap_servers, tmp_path), registry=registry
     ) as producer:
         for source, event_type in CASES:
             data = event(source, event_type, extra_field={"kept": True})
@@ -75,7 +75,7 @@ def test_every_source_and_type_arrives_with_key_headers_and_value(
         assert producer.flush(15) == 0
 
     got = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         [f"telemetry.{s.value}" for s in Source],
         keep=lambda r: r.headers.get("event_id", b"").decode() in sent,
         until=lambda kept: len(kept) >= len(sent),
@@ -102,13 +102,13 @@ def test_every_source_and_type_arrives_with_key_headers_and_value(
 
 
 def test_invalid_event_is_dead_lettered_not_raised(
-    dev_broker: DevBrokerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kafka_broker: BrokerUnderTest, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = CollectorRegistry()
     bad = event("ralph", "task_completed", iteration="three")
     with (
         TelemetryProducer(
-            "ralph", _settings(dev_broker.bootstrap_servers, tmp_path), registry=registry
+            "ralph", _settings(kafka_broker.bootstrap_servers, tmp_path), registry=registry
         ) as producer,
         caplog.at_level(logging.WARNING),
     ):
@@ -116,7 +116,7 @@ def test_invalid_event_is_dead_lettered_not_raised(
         assert producer.flush(15) == 0
     assert "invalid ralph event dead-lettered" in caplog.text
     got = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["telemetry.dlq"],
         keep=lambda r: r.json().get("event_id") == event_id,
         until=lambda kept: len(kept) >= 1,
@@ -137,7 +137,7 @@ def test_invalid_event_is_dead_lettered_not_raised(
 
 
 def test_broker_down_at_start_spools_and_a_restart_resends_in_order(
-    dev_broker: DevBrokerProcess, tmp_path: Path
+    kafka_broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     registry = CollectorRegistry()
     down = TelemetryProducer("ralph", _settings(DEAD, tmp_path), registry=registry)
@@ -155,7 +155,7 @@ def test_broker_down_at_start_spools_and_a_restart_resends_in_order(
 
     # The spool survives the restart and is sent before anything new.
     up = TelemetryProducer(
-        "ralph", _settings(dev_broker.bootstrap_servers, tmp_path), registry=registry
+        "ralph", _settings(kafka_broker.bootstrap_servers, tmp_path), registry=registry
     )
     assert up.spooled == 30
     second = [
@@ -168,7 +168,7 @@ def test_broker_down_at_start_spools_and_a_restart_resends_in_order(
 
     ids = set(first + second)
     got = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["telemetry.ralph"],
         keep=lambda r: r.headers.get("event_id", b"").decode() in ids,
         until=lambda kept: len(kept) >= len(ids),
@@ -324,12 +324,12 @@ def test_sdk_imports_without_the_ml_stack() -> None:
 
 
 def test_oversized_event_is_dead_lettered_with_its_size(
-    dev_broker: DevBrokerProcess, tmp_path: Path
+    kafka_broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     settings = load_settings(
         data_dir=tmp_path / "data",
         max_event_bytes=4096,
-        kafka={"bootstrap_servers": dev_broker.bootstrap_servers},
+        kafka={"bootstrap_servers": kafka_broker.bootstrap_servers},
     )
     big = event("aidb", "completion", response="x" * 10_000)
     with TelemetryProducer("aidb", settings, registry=CollectorRegistry()) as producer:
@@ -337,7 +337,7 @@ def test_oversized_event_is_dead_lettered_with_its_size(
         ok_id = producer.emit(event("aidb", "completion", response="fine"))
         assert producer.flush(15) == 0
     got = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["telemetry.dlq", "telemetry.aidb"],
         keep=lambda r: (
             event_id in r.value.decode(errors="replace")

@@ -1,8 +1,9 @@
-"""`learnstream replay` and `learnstream backfill` against the dev broker.
+"""`learnstream replay` and `learnstream backfill` against the session broker.
 
-The dev broker (librdkafka's mock cluster) cannot describe consumer groups, so every real run
-here needs --force; and it rejects AdminClient offset changes for a group that ever had
-members, so for subscribed groups the command commits by briefly joining the group.
+On a real Kafka the admin API does everything. The dev broker (librdkafka's mock cluster)
+cannot describe consumer groups, so every real run there needs --force; and it rejects
+AdminClient offset changes for a group that ever had members, so for subscribed groups the
+command commits by briefly joining the group. The tests check whichever applies.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from learnstream.cli import cli
 from learnstream.replay_commands import backfill, replay
 from streams.producers.ids import derive_event_id, file_identity
+from tests.integration.conftest import BrokerUnderTest
 from tests.integration.kafka_helpers import consume
 from tests.unit.events import event
 
@@ -110,7 +112,7 @@ def table(output: str, topic: str) -> dict[int, dict[str, str]]:
 
 
 def test_dry_run_then_replay_a_subscribed_group_to_start(
-    run: Invoke, kafka_env: str, unique: str
+    run: Invoke, kafka_env: str, kafka_broker: BrokerUnderTest, unique: str
 ) -> None:
     topic, group = f"replay-a-{unique}", f"sink-{unique}"
     produce(kafka_env, topic, 40)
@@ -131,9 +133,18 @@ def test_dry_run_then_replay_a_subscribed_group_to_start(
     assert "total: 4 partitions, 4 change; lag now 0, after 40; 40 records to re-process" in (
         dry.stdout
     )
-    assert "a real run would refuse" in dry.output
+    # A real broker lists the (now empty) membership; the dev broker cannot, so it would refuse.
+    assert ("a real run would refuse" in dry.output) == (not kafka_broker.real)
     assert "dry run: nothing changed" in dry.stdout
     assert committed(kafka_env, group, topic) == highs
+
+    if kafka_broker.real:
+        done = run("replay", "--group", group, "--topic", topic, "--to-start")
+        assert done.exit_code == 0, done.output
+        assert f"group {group}: committed new offsets for 4 partitions" in done.stdout
+        assert "briefly joining" not in done.output  # the admin API works: no mock fallback
+        assert committed(kafka_env, group, topic) == dict.fromkeys(range(PARTITIONS), 0)
+        return
 
     # The dev broker cannot list members, so a real run needs --force.
     refused = run("replay", "--group", group, "--topic", topic, "--to-start")
@@ -151,7 +162,9 @@ def test_dry_run_then_replay_a_subscribed_group_to_start(
     assert committed(kafka_env, group, topic) == dict.fromkeys(range(PARTITIONS), 0)
 
 
-def test_refuses_while_a_member_is_active(run: Invoke, kafka_env: str, unique: str) -> None:
+def test_refuses_while_a_member_is_active(
+    run: Invoke, kafka_env: str, kafka_broker: BrokerUnderTest, unique: str
+) -> None:
     topic, group = f"replay-b-{unique}", f"trainer-{unique}"
     produce(kafka_env, topic, 20)
     member = group_member(kafka_env, group, topic)
@@ -169,12 +182,18 @@ def test_refuses_while_a_member_is_active(run: Invoke, kafka_env: str, unique: s
     try:
         refused = run("replay", "--group", group, "--topic", topic, "--to-start")
         assert refused.exit_code == 1
-        assert "Stop the group's consumers, then re-run with --force" in refused.output
+        if kafka_broker.real:  # the broker names the member
+            assert f"group {group} has 1 active member(s)" in refused.output, refused.output
+        else:
+            assert "Stop the group's consumers, then re-run with --force" in refused.output
         # --force skips the check, but the active member still holds partitions: refused.
         forced = run("replay", "--group", group, "--topic", topic, "--to-start", "--force")
         assert forced.exit_code == 1
-        assert f"group {group} has other active members: they hold {topic}[" in forced.output
-        assert "nothing was changed" in forced.output
+        if kafka_broker.real:
+            assert f"the broker refused to change offsets of {group}" in forced.output
+        else:
+            assert f"group {group} has other active members: they hold {topic}[" in forced.output
+            assert "nothing was changed" in forced.output
         assert committed(kafka_env, group, topic) == highs
     finally:
         stop.set()

@@ -29,7 +29,7 @@ import pytest
 from confluent_kafka import Producer
 
 from learnstream.postgres import connect
-from tests.integration.conftest import DevBrokerProcess
+from tests.integration.conftest import BrokerUnderTest
 from tests.integration.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -188,9 +188,9 @@ def _replay(bootstrap: str, group: str, topics: tuple[str, ...]) -> None:
 
 
 def test_replaying_every_topic_from_the_start_changes_nothing(
-    dev_broker: DevBrokerProcess, postgres_url: str, tmp_path: Path
+    kafka_broker: BrokerUnderTest, postgres_url: str, tmp_path: Path
 ) -> None:
-    bootstrap = dev_broker.bootstrap_servers
+    bootstrap = kafka_broker.bootstrap_servers
     events = _events()
     ids = [e["event_id"] for e in events]
     app_id, sink_group = f"replay-w-{RUN}", f"replay-s-{RUN}"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from tests.integration.conftest import DevBrokerProcess
+from tests.integration.conftest import BrokerUnderTest
 from tests.integration.kafka_helpers import Record, consume
 from tests.integration.workers import WorkerProcess
 
@@ -67,10 +67,10 @@ def _scored(
 
 @pytest.fixture(scope="module")
 def worker(
-    dev_broker: DevBrokerProcess, tmp_path_factory: pytest.TempPathFactory
+    kafka_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     w = WorkerProcess(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         tmp_path_factory.mktemp("worker"),
         app_id=f"score-test-{uuid.uuid4().hex[:6]}",
     )
@@ -80,12 +80,12 @@ def worker(
 
 
 def test_every_source_is_scored_as_specified(
-    dev_broker: DevBrokerProcess, worker: WorkerProcess
+    kafka_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
     run = uuid.uuid4().hex[:8]
     ids = {name: f"{name}-{run}" for name in "ABCDE"}
     _send(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         "ralph",
         [
             {
@@ -114,7 +114,7 @@ def test_every_source_is_scored_as_specified(
         ],
     )
     _send(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         "aidb",
         [
             {
@@ -128,7 +128,7 @@ def test_every_source_is_scored_as_specified(
         ],
     )
     _send(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         "hybrid",
         [
             {
@@ -144,7 +144,7 @@ def test_every_source_is_scored_as_specified(
         ],
     )
     _send(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         "vscode",
         [
             {
@@ -161,7 +161,7 @@ def test_every_source_is_scored_as_specified(
     )
 
     by_id = {
-        r.key.decode(): r.json() for r in _scored(dev_broker.bootstrap_servers, set(ids.values()))
+        r.key.decode(): r.json() for r in _scored(kafka_broker.bootstrap_servers, set(ids.values()))
     }
     assert set(by_id) == set(ids.values())
     a = by_id[ids["A"]]
@@ -186,14 +186,17 @@ def test_every_source_is_scored_as_specified(
     assert lifecycle["interaction"]["scorable"] is False
 
     candidates = _scored(
-        dev_broker.bootstrap_servers, {ids["A"], ids["D"]}, topic="patterns.candidates", settle=3.0
+        kafka_broker.bootstrap_servers,
+        {ids["A"], ids["D"]},
+        topic="patterns.candidates",
+        settle=3.0,
     )
     assert sorted(r.key.decode() for r in candidates) == sorted([ids["A"], ids["D"]])
     assert worker.metric("learnstream_high_value_total", source="ralph") >= 1
 
 
 def test_reusability_counts_only_earlier_similar_queries_and_replays_identically(
-    dev_broker: DevBrokerProcess, worker: WorkerProcess
+    kafka_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
     run = uuid.uuid4().hex[:8]
     query = f"How do I give eth0 a static IP address in NixOS? ({run[:0]})"
@@ -210,9 +213,9 @@ def test_reusability_counts_only_earlier_similar_queries_and_replays_identically
         for i in range(6)
     ]
     # Sent newest first: the score depends on event time, not arrival order.
-    _send(dev_broker.bootstrap_servers, "aidb", list(reversed(series)))
+    _send(kafka_broker.bootstrap_servers, "aidb", list(reversed(series)))
     ids = {e["event_id"] for e in series}
-    first = {r.key.decode(): r.json() for r in _scored(dev_broker.bootstrap_servers, ids)}
+    first = {r.key.decode(): r.json() for r in _scored(kafka_broker.bootstrap_servers, ids)}
     expected_similar = [0, 1, 2, 3, 4, 5]
     got_similar = [
         first[f"R{i}-{run}"]["inputs"]["reusability"]["similar_earlier"] for i in range(6)
@@ -225,9 +228,9 @@ def test_reusability_counts_only_earlier_similar_queries_and_replays_identically
     assert [first[f"R{i}-{run}"]["high_value"] for i in range(6)] == [False] + [True] * 5
 
     # Replay: the same events again are scored exactly the same.
-    _send(dev_broker.bootstrap_servers, "aidb", series)
+    _send(kafka_broker.bootstrap_servers, "aidb", series)
     both = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["interactions.scored"],
         keep=lambda r: r.key is not None and r.key.decode() in ids,
         until=lambda kept: len(kept) >= 12,
@@ -243,7 +246,7 @@ def test_reusability_counts_only_earlier_similar_queries_and_replays_identically
 
 
 def test_poison_messages_go_to_the_dlq_and_the_agent_keeps_going(
-    dev_broker: DevBrokerProcess, worker: WorkerProcess
+    kafka_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
     run = uuid.uuid4().hex[:8]
     poison = [
@@ -258,10 +261,10 @@ def test_poison_messages_go_to_the_dlq_and_the_agent_keeps_going(
             }
         ).encode(),
     ]
-    _send_raw(dev_broker.bootstrap_servers, "telemetry.ralph", poison)
+    _send_raw(kafka_broker.bootstrap_servers, "telemetry.ralph", poison)
     after = f"after-{run}"
     _send(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         "ralph",
         [
             {
@@ -273,9 +276,9 @@ def test_poison_messages_go_to_the_dlq_and_the_agent_keeps_going(
             }
         ],
     )
-    assert _scored(dev_broker.bootstrap_servers, {after})
+    assert _scored(kafka_broker.bootstrap_servers, {after})
     letters = consume(
-        dev_broker.bootstrap_servers,
+        kafka_broker.bootstrap_servers,
         ["telemetry.dlq"],
         keep=lambda r: (
             r.json().get("stage") == "score"
@@ -294,16 +297,16 @@ def test_poison_messages_go_to_the_dlq_and_the_agent_keeps_going(
 
 
 def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
-    dev_broker: DevBrokerProcess, tmp_path: Path
+    kafka_broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     app_id = f"pair-{uuid.uuid4().hex[:6]}"
     run = uuid.uuid4().hex[:8]
-    workers = [WorkerProcess(dev_broker.bootstrap_servers, tmp_path / "w0", app_id=app_id)]
+    workers = [WorkerProcess(kafka_broker.bootstrap_servers, tmp_path / "w0", app_id=app_id)]
     try:
         # Scale out as an operator would: the second worker joins once the first is running.
         marker = f"marker-{run}"
         _send(
-            dev_broker.bootstrap_servers,
+            kafka_broker.bootstrap_servers,
             "vscode",
             [
                 {
@@ -314,8 +317,10 @@ def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
                 }
             ],
         )
-        assert _scored(dev_broker.bootstrap_servers, {marker}, timeout=180)
-        workers.append(WorkerProcess(dev_broker.bootstrap_servers, tmp_path / "w1", app_id=app_id))
+        assert _scored(kafka_broker.bootstrap_servers, {marker}, timeout=180)
+        workers.append(
+            WorkerProcess(kafka_broker.bootstrap_servers, tmp_path / "w1", app_id=app_id)
+        )
 
         def both_working() -> bool:
             # Keys spread over every partition; each worker must have scored some.
@@ -328,7 +333,7 @@ def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
                 }
                 for i in range(16)
             ]
-            _send(dev_broker.bootstrap_servers, "vscode", probes)
+            _send(kafka_broker.bootstrap_servers, "vscode", probes)
             time.sleep(2)
             return all(
                 w.metric(
@@ -358,9 +363,9 @@ def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
             }
             for i in range(200)
         ]
-        _send(dev_broker.bootstrap_servers, "vscode", events)
+        _send(kafka_broker.bootstrap_servers, "vscode", events)
         ids = {e["event_id"] for e in events}
-        got = _scored(dev_broker.bootstrap_servers, ids, timeout=120, settle=3.0)
+        got = _scored(kafka_broker.bootstrap_servers, ids, timeout=120, settle=3.0)
         keys = [r.key.decode() for r in got]
         assert set(keys) == ids  # no gaps
         # Delivery is at-least-once: a rebalance while the batch is in flight makes the new
@@ -394,9 +399,9 @@ def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
             }
             for i in range(100)
         ]
-        _send(dev_broker.bootstrap_servers, "vscode", rest)
+        _send(kafka_broker.bootstrap_servers, "vscode", rest)
         rest_ids = {e["event_id"] for e in rest}
-        got = _scored(dev_broker.bootstrap_servers, rest_ids, timeout=120)
+        got = _scored(kafka_broker.bootstrap_servers, rest_ids, timeout=120)
         assert {r.key.decode() for r in got} == rest_ids  # no gaps after the scale-in
     finally:
         codes = [w.stop() for w in workers]

@@ -231,11 +231,11 @@ class Landed:
 
 
 @pytest.fixture(scope="module")
-def landed(dev_broker: Any, pg_url: str) -> Landed:
+def landed(kafka_broker: Any, pg_url: str) -> Landed:
     run = uuid.uuid4().hex[:8]
     items = [scored(f"sink-{run}-{i:02d}", i) for i in range(20)]
     items += [scored(f"sink-{run}-life-{i}", i, lifecycle=True) for i in range(3)]
-    bootstrap = dev_broker.bootstrap_servers
+    bootstrap = kafka_broker.bootstrap_servers
     produce_scored(bootstrap, INTERACTIONS_SCORED.name, items)
     group = f"sink-test-{run}"
     sink = make_sink(bootstrap, pg_url, group)

@@ -211,10 +211,14 @@ def test_member_commit_fallback_only_when_the_group_may_be_empty(
         rp, "commit_as_member", lambda conf, g, offsets, t: committed.append(offsets)
     )
     plans = plan_resets([STATE, FRESH], Target("start"))
-    outcome = rp.apply_plan({}, "g", plans, info)
+    outcome = rp.apply_plan({}, "g", plans, info, commit_by_joining=True)  # the mock's profile
     assert outcome.method == method
     assert bool(outcome.failed) is failed
     assert committed == ([] if failed else [{("t", 0): 10, ("t", 1): 0}])
+    # A real broker's profile never falls back: its refusal is reported as it is.
+    real = rp.apply_plan({}, "g", plans, info)
+    assert real.method == "admin" and real.failed
+    assert len(committed) <= 1
 
 
 def test_apply_plan_succeeds_with_the_admin_api(monkeypatch: pytest.MonkeyPatch) -> None:

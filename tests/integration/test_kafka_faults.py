@@ -1,0 +1,302 @@
+"""Crashes and failover on a real Kafka: nothing valid is lost, nothing is stored twice.
+
+- two workers and two sinks share the partitions; one of each is killed with -9 mid-stream;
+- the broker is killed with -9 and restarted mid-stream (the SDK spools and resends);
+- on three nodes, a partition leader is killed while the SDK produces with acks=all.
+Each drives the real processes (`learnstream worker`, `learnstream sink`, the producer SDK).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+
+from learnstream.postgres import connect
+from learnstream.settings import load_settings
+from streams.producers import TelemetryProducer
+from tests.integration.conftest import BrokerUnderTest
+from tests.integration.workers import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Sink:
+    """`learnstream sink` in ``group``, writing to the session's PostgreSQL."""
+
+    def __init__(self, bootstrap: str, pg_url: str, group: str, log: Path) -> None:
+        env = {
+            **os.environ,
+            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "LEARNSTREAM_POSTGRES__URL": pg_url,
+            "LEARNSTREAM_DATA_DIR": str(log.parent / f"{log.stem}-data"),
+        }
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "learnstream", "sink", "--group", group],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _rows(pg_url: str, ids: set[str]) -> tuple[int, int]:
+    """(rows, distinct event ids) among ``ids`` in PostgreSQL."""
+    import psycopg
+
+    try:
+        with connect(pg_url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT event_id) FROM telemetry_events "
+                "WHERE event_id = ANY(%s)",
+                (list(ids),),
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0, 0
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _events(run: str, start: int, count: int) -> list[dict[str, Any]]:
+    t0 = datetime(2021, 3, 1, tzinfo=UTC)
+    return [
+        {
+            "event_type": "session_started",
+            "event_id": f"f{i}-{run}",
+            "session_id": f"s{i % 24}-{run}",
+            "timestamp": (t0 + timedelta(seconds=i)).isoformat(),
+        }
+        for i in range(start, start + count)
+    ]
+
+
+def _producer(bootstrap: str, tmp_path: Path, name: str) -> TelemetryProducer:
+    settings = load_settings(
+        data_dir=tmp_path / f"sdk-{name}",
+        kafka={"bootstrap_servers": bootstrap},
+        producer={"delivery_timeout_ms": 5000},
+    )
+    return TelemetryProducer(source="vscode", settings=settings)
+
+
+def test_killed_worker_and_sink_lose_nothing(
+    real_kafka: BrokerUnderTest, postgres_url: str, tmp_path: Path
+) -> None:
+    bootstrap = real_kafka.bootstrap_servers
+    run = uuid.uuid4().hex[:8]
+    app_id, group = f"faults-w-{run}", f"faults-s-{run}"
+    workers = [
+        WorkerProcess(
+            bootstrap, tmp_path / f"w{i}", app_id=app_id, LEARNSTREAM_WORKER__EXTRACT="false"
+        )
+        for i in range(2)
+    ]
+    sinks = [Sink(bootstrap, postgres_url, group, tmp_path / f"sink{i}.log") for i in range(2)]
+    producer = _producer(bootstrap, tmp_path, "kill")
+    try:
+        warm = _events(run, 0, 48)
+        for e in warm:
+            producer.emit(e)
+        producer.flush(30)
+        ids = {e["event_id"] for e in warm}
+
+        def shared() -> bool:
+            # Both workers own partitions once each has consumed something.
+            return all(
+                w.metric("learnstream_events_consumed_total", source="vscode",
+                         event_type="session_started") > 0
+                for w in workers
+            ) and _rows(postgres_url, ids)[1] == len(ids)  # fmt: skip
+
+        _wait(shared, 240, "both workers consuming and the first rows stored")
+
+        stop = threading.Event()
+        sent: list[dict[str, Any]] = []
+
+        def stream() -> None:
+            n = 48
+            while not stop.is_set() and n < 648:
+                batch = _events(run, n, 20)
+                for e in batch:
+                    producer.emit(e)
+                sent.extend(batch)
+                n += 20
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        time.sleep(1.5)
+        workers[0].proc.send_signal(signal.SIGKILL)
+        sinks[0].kill()
+        thread.join(60)
+        stop.set()
+        assert producer.flush(60) == 0
+        ids |= {e["event_id"] for e in sent}
+        assert len(ids) == 648
+        got = _wait(
+            lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
+            240,
+            "every event in PostgreSQL after the kills",
+        )
+        assert got == (len(ids), len(ids))  # each event once, none lost
+    finally:
+        producer.close(10)
+        for s in sinks:
+            s.stop()
+        for w in workers:
+            w.stop()
+
+
+@pytest.fixture
+def own_kafka(local_kafka: BrokerUnderTest, tmp_path: Path) -> Iterator[Any]:
+    """A one-node Kafka of this test's own, to kill and restart."""
+    from learnstream.localkafka import LocalKafka
+
+    kafka = LocalKafka(tmp_path / "own-kafka").start()
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+def test_broker_killed_and_restarted_mid_stream_loses_nothing(
+    own_kafka: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    bootstrap = own_kafka.bootstrap_servers
+    run = uuid.uuid4().hex[:8]
+    worker = WorkerProcess(
+        bootstrap, tmp_path / "w", app_id=f"restart-w-{run}", LEARNSTREAM_WORKER__EXTRACT="false"
+    )
+    sink = Sink(bootstrap, postgres_url, f"restart-s-{run}", tmp_path / "sink.log")
+    producer = _producer(bootstrap, tmp_path, "restart")
+    try:
+        first = _events(run, 0, 100)
+        for e in first:
+            producer.emit(e)
+        assert producer.flush(30) == 0
+        ids = {e["event_id"] for e in first}
+        _wait(lambda: _rows(postgres_url, ids)[1] == 100, 240, "the first rows")
+
+        own_kafka.kill_node(1)
+        second = _events(run, 100, 100)
+        for e in second:
+            producer.emit(e)  # the broker is gone: these go to the spool
+        time.sleep(3)
+        own_kafka.start_node(1)
+        assert producer.flush(120) == 0, "the spool was not resent"
+        ids |= {e["event_id"] for e in second}
+        got = _wait(
+            lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
+            240,
+            "every event in PostgreSQL after the broker restart",
+        )
+        assert got == (200, 200), (worker.log()[-2000:], sink.log()[-2000:])
+    finally:
+        producer.close(10)
+        assert sink.stop() == 0, sink.log()[-2000:]
+        assert worker.stop() == 0, worker.log()[-2000:]
+
+
+def test_leader_killed_on_three_nodes_loses_nothing_with_acks_all(
+    local_kafka: BrokerUnderTest, tmp_path: Path
+) -> None:
+    from learnstream.localkafka import LocalKafka
+
+    run = uuid.uuid4().hex[:8]
+    with LocalKafka(tmp_path / "three", nodes=3, heap="384m") as kafka:
+        bootstrap = kafka.bootstrap_servers
+        producer = _producer(bootstrap, tmp_path, "three")
+        try:
+            warm = _events(run, 0, 30)
+            for e in warm:
+                producer.emit(e)
+            assert producer.flush(60) == 0
+            meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+            partitions = meta.topics["telemetry.vscode"].partitions
+            assert all(len(p.replicas) == 3 for p in partitions.values())
+            leader = partitions[0].leader
+
+            sent = list(warm)
+            stop = threading.Event()
+
+            def stream() -> None:
+                n = 30
+                while not stop.is_set() and n < 630:
+                    batch = _events(run, n, 20)
+                    for e in batch:
+                        producer.emit(e)
+                    sent.extend(batch)
+                    n += 20
+                    time.sleep(0.05)
+
+            thread = threading.Thread(target=stream)
+            thread.start()
+            time.sleep(0.5)
+            kafka.kill_node(leader)
+            thread.join(60)
+            stop.set()
+            assert producer.flush(120) == 0
+        finally:
+            producer.close(10)
+        want = {e["event_id"] for e in sent}
+        assert len(want) == 630
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"check-{run}",
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.subscribe(["telemetry.vscode"])
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        try:
+            while seen < want and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is not None and msg.error() is None:
+                    seen.add(json.loads(msg.value())["event_id"])
+        finally:
+            consumer.close()
+        assert want - seen == set(), f"{len(want - seen)} acknowledged events lost"
