@@ -216,47 +216,79 @@ def test_replay_refuses_while_the_group_has_members(
     assert committed[0].offset == 0
 
 
+def _kcat(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kcat", "-C", "-b", bootstrap, "-t", topic, "-J", "-e", "-q", "-o", "beginning"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def _headers(record: dict[str, Any]) -> dict[str, str]:
+    flat = record.get("headers") or []  # kcat -J: [name, value, name, value, ...]
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+DOCUMENTED_HEADERS = {"source", "event_type", "schema_version", "content-type"}
+
+
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed (apt kcat)")
 def test_kcat_reads_every_registry_topic_with_keys_json_and_headers(
-    real_kafka: BrokerUnderTest, tmp_path: Path
+    fresh_kafka: str, tmp_path: Path
 ) -> None:
-    """What `rpk topic consume T` shows, read with kcat -C -J from each registry topic."""
-    bootstrap = real_kafka.bootstrap_servers
+    """What `rpk topic consume T` shows, read with `kcat -C -J` from each registry topic.
+
+    The telemetry topics and the DLQ are written by `learnstream produce send` (the SDK's
+    headers and keys); the downstream topics get one record each with the documented headers.
+    """
+    from tests.conftest import EXAMPLES
+
+    for source in ("ralph", "aidb", "hybrid", "vscode"):
+        lines = (EXAMPLES / f"{source}-events.jsonl").read_text().splitlines()[:3]
+        if source == "aidb":
+            lines.append('{"event_type": "query", "session_id": 7}')  # invalid: to the DLQ
+        path = tmp_path / f"{source}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        sent = learnstream(
+            fresh_kafka, "produce", "send", "--source", source, str(path), data_dir=tmp_path
+        )
+        assert sent.returncode in (0, 1), sent.stderr  # 1: an invalid line was dead-lettered
     run = uuid.uuid4().hex[:8]
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for name, spec in TOPICS.items():
-        headers = [
-            ("source", b"ralph"),
-            ("event_type", b"probe"),
-            ("schema_version", b"1"),
-            ("content-type", b"application/json"),
-        ]
+    producer = Producer({"bootstrap.servers": fresh_kafka})
+    downstream = [n for n in TOPICS if not n.startswith("telemetry.")]
+    for name in downstream:
         producer.produce(
             name,
-            key=f"{spec.key}-{run}".encode(),
-            value=json.dumps({"probe": run, "topic": name}).encode(),
-            headers=headers,
+            key=f"{TOPICS[name].key}-{run}".encode(),
+            value=json.dumps({"probe": run}).encode(),
+            headers=[
+                ("source", b"ralph"),
+                ("event_type", b"probe"),
+                ("schema_version", b"1"),
+                ("content-type", b"application/json"),
+            ],
         )
     assert producer.flush(20) == 0
+
     for name in TOPICS:
-        out = subprocess.run(
-            ["kcat", "-C", "-b", bootstrap, "-t", name, "-J", "-e", "-q", "-o", "beginning"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        mine = [
-            r
-            for r in map(json.loads, out.stdout.splitlines())
-            if r.get("key", "").endswith(run) and isinstance(r.get("payload"), str)
-        ]
-        assert len(mine) == 1, (name, out.stdout[-500:])
-        record = mine[0]
-        assert json.loads(record["payload"]) == {"probe": run, "topic": name}
-        assert record["key"] == f"{TOPICS[name].key}-{run}"
-        flat = record["headers"]  # [name, value, name, value, ...]
-        headers_seen = dict(zip(flat[::2], flat[1::2], strict=True))
-        assert set(headers_seen) >= {"source", "event_type", "schema_version", "content-type"}
-        assert headers_seen["content-type"] == "application/json"
+        records = _kcat(fresh_kafka, name)
+        assert records, f"kcat read nothing from {name}"
+        for record in records:
+            assert isinstance(json.loads(record["payload"]), dict), (name, record)
+            assert record["key"], (name, record)
+            headers = _headers(record)
+            assert headers["content-type"] == "application/json", (name, headers)
+            if name == "telemetry.dlq":
+                assert {"source", "event_type"} <= set(headers), headers
+            else:
+                assert set(headers) >= DOCUMENTED_HEADERS, (name, headers)
+        if name.startswith("telemetry.") and name != "telemetry.dlq":
+            source = name.removeprefix("telemetry.")
+            assert {_headers(r)["source"] for r in records} == {source}
+            assert all(json.loads(r["payload"])["event_id"] for r in records)
+    letters = [json.loads(r["payload"]) for r in _kcat(fresh_kafka, "telemetry.dlq")]
+    assert any("session_id" in (d.get("error") or "") for d in letters), letters
