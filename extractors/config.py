@@ -79,6 +79,57 @@ class ExtractSettings(BaseModel):
     dataset_path: Path | None = Field(
         default=None, description="The JSONL dataset. Unset: <data dir>/dataset/dataset.jsonl."
     )
+    gate: bool = Field(
+        default=True,
+        description=(
+            "The substance gate: refuse candidates without reusable content (filler, "
+            "refusals, echoes...) before they become patterns or examples."
+        ),
+    )
+    gate_min_informative_tokens: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description=(
+            "Informative words beyond the question that a prose-only answer (no code, "
+            "commands or steps) needs to pass the gate."
+        ),
+    )
+    gate_max_repetition: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Share of repeated sentences from which a prose answer is refused.",
+    )
+    gate_max_echo_overlap: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Share of the answer's informative words taken from the question (echo).",
+    )
+    max_examples_per_pattern: int = Field(
+        default=8, ge=1, description="Dataset examples kept per pattern (after merging)."
+    )
+    max_near_duplicates: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Dataset examples kept with a near-identical answer to the same question in other "
+            "words; further ones are skipped."
+        ),
+    )
+    near_duplicate_answer_similarity: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard (word 3-shingles) from which answers are near-identical.",
+    )
+    near_duplicate_query_similarity: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Cosine of the query embeddings from which two questions are paraphrases.",
+    )
     system_prompt: str = Field(
         default=DEFAULT_SYSTEM_PROMPT,
         min_length=1,

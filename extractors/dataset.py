@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from extractors.metrics import ExtractMetrics
+from extractors.refusals import refusal_stats, refusals_path_for
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import ChatMessage, DatasetExample, DatasetMetadata, Pattern
 
@@ -285,16 +286,44 @@ class DatasetStats:
     by_source: dict[str, int] = field(default_factory=dict)
     by_tag: dict[str, int] = field(default_factory=dict)
     by_extractor: dict[str, int] = field(default_factory=dict)
+    balance: dict[str, Any] = field(default_factory=dict)
+    """Examples per pattern: ``patterns``, ``max``, ``mean``, ``top_share`` (the largest
+    pattern's share of the examples), ``sources`` (share per source) and ``top`` (the
+    ``TOP_PATTERNS`` patterns with the most examples)."""
+    refusals: dict[str, Any] = field(default_factory=dict)
+    """The refusals log next to the dataset (`extractors.refusals.RefusalStats`): candidates
+    the substance gate refused, by reason and source, and examples the balance skipped."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return dict(self.__dict__)
 
 
+TOP_PATTERNS = 10
+
+
+def _balance(patterns: Counter[str], sources: Counter[str]) -> dict[str, Any]:
+    total = sum(patterns.values())
+    if not total:
+        return {"patterns": 0}
+    largest = max(patterns.values())
+    return {
+        "patterns": len(patterns),
+        "max": largest,
+        "mean": round(total / len(patterns), 3),
+        "top_share": round(largest / total, 4),
+        "sources": {k: round(v / total, 4) for k, v in sources.most_common()},
+        "top": dict(patterns.most_common(TOP_PATTERNS)),
+    }
+
+
 def stats(path: Path) -> DatasetStats:
-    """Line and byte counts, examples per source, tag and extractor, duplicates, torn tail."""
+    """Line and byte counts, examples per source, tag and extractor, duplicates, torn tail,
+    the balance per pattern and source, and the refusals logged next to the dataset.
+    """
     path = Path(path)
     out = DatasetStats(path=str(path))
+    out.refusals = refusal_stats(refusals_path_for(path)).to_dict()
     if not path.exists():
         return out
     out.bytes = path.stat().st_size
@@ -302,6 +331,7 @@ def stats(path: Path) -> DatasetStats:
     sources: Counter[str] = Counter()
     tags: Counter[str] = Counter()
     extractors: Counter[str] = Counter()
+    patterns: Counter[str] = Counter()
     for _, raw, complete in _iter_lines(path):
         if not complete:
             out.torn_tail = True
@@ -321,11 +351,13 @@ def stats(path: Path) -> DatasetStats:
         if isinstance(meta, dict):
             sources[str(meta.get("source"))] += 1
             extractors[str(meta.get("extractor", "unknown"))] += 1
+            patterns[str(meta.get("pattern_id"))] += 1
             for tag in meta.get("tags") or []:
                 tags[str(tag)] += 1
     out.by_source = dict(sources.most_common())
     out.by_tag = dict(tags.most_common())
     out.by_extractor = dict(extractors.most_common())
+    out.balance = _balance(patterns, sources)
     return out
 
 

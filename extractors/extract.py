@@ -1,7 +1,11 @@
-"""The extractor facade: redact, then LLM when configured and available, else the heuristic.
+"""The extractor facade: redact, gate, then LLM when configured and available, else the heuristic.
 
-Any LLM failure (transport, timeout, 5xx, invalid output, open circuit, even a bug) falls back
-to the deterministic heuristic, so every candidate yields a pattern.
+The substance gate (`extractors.gate`) runs first, on the redacted candidate, for both
+extractors: a candidate without reusable content (filler, a refusal, an echo of the question...)
+is refused with a reason and makes no pattern. The LLM may refuse too: its prompt lets it
+answer "no pattern" with a reason. Any LLM failure (transport, timeout, 5xx, invalid output,
+open circuit, even a bug) falls back to the deterministic heuristic, so every candidate that
+passes the gate yields a pattern.
 """
 
 from __future__ import annotations
@@ -12,23 +16,31 @@ from collections import Counter
 from dataclasses import dataclass
 
 from extractors.config import ExtractSettings
+from extractors.gate import GateSettings, Verdict, assess
 from extractors.heuristic import heuristic_pattern
-from extractors.llm import BreakerState, CircuitBreaker, LLMError, LLMExtractor
+from extractors.llm import BreakerState, CircuitBreaker, LLMError, LLMExtractor, NoPattern
 from extractors.metrics import ExtractMetrics
 from extractors.redact import redact_candidate, redact_pattern
+from extractors.refusals import refusal_of
 from schemas.interaction import ScoredInteraction
-from schemas.pattern import Pattern
+from schemas.pattern import Pattern, Refusal
 
 log = logging.getLogger("learnstream.extract")
 
 
 @dataclass(frozen=True)
 class Extraction:
-    """One candidate's extraction: the redacted candidate, its pattern, any LLM failure."""
+    """One candidate's extraction: the redacted candidate, its pattern, any LLM failure.
+
+    A refused candidate has no ``pattern`` and a ``refusal`` (kind ``pattern``) saying why;
+    ``basis`` says what made an accepted one substantive (code, commands, steps, explanation).
+    """
 
     candidate: ScoredInteraction
-    pattern: Pattern
+    pattern: Pattern | None
     llm_error: str | None = None
+    refusal: Refusal | None = None
+    basis: tuple[str, ...] = ()
 
 
 class Extractor:
@@ -54,6 +66,11 @@ class Extractor:
                 on_retry=lambda kind: metrics.llm_retries.labels(kind).inc(),
             )
         self.llm = llm
+        self.gate = GateSettings(
+            min_informative_tokens=settings.gate_min_informative_tokens,
+            max_repetition=settings.gate_max_repetition,
+            max_echo_overlap=settings.gate_max_echo_overlap,
+        )
         metrics.set_circuit(BreakerState.CLOSED.value)
 
     def close(self) -> None:
@@ -69,14 +86,45 @@ class Extractor:
             self.metrics.redactions.labels(kind).inc(n)
         return redacted
 
+    def assess(self, redacted: ScoredInteraction) -> Verdict:
+        """The substance gate's verdict on a redacted candidate (passes when the gate is off)."""
+        if not self.settings.gate:
+            return Verdict(True, basis=("gate_off",))
+        return assess(redacted, self.gate)
+
+    def _refused(
+        self, redacted: ScoredInteraction, verdict: Verdict, decided_by: str
+    ) -> Extraction:
+        assert verdict.reason is not None
+        refusal = refusal_of(
+            redacted,
+            kind="pattern",
+            reason=verdict.reason,
+            detail=verdict.detail,
+            decided_by=decided_by,
+            measures=verdict.measures,
+        )
+        return Extraction(candidate=redacted, pattern=None, refusal=refusal)
+
     def extract(self, candidate: ScoredInteraction) -> Extraction:
-        """Redact, then extract with the LLM if possible, else (or on failure) the heuristic."""
+        """Redact and gate, then extract with the LLM if possible, else (or on failure) the
+        heuristic. A refused candidate comes back with ``pattern`` None and its refusal.
+        """
         redacted = self.redact(candidate)
+        verdict = self.assess(redacted)
+        if not verdict.passed:
+            return self._refused(redacted, verdict, "rules")
         error: str | None = None
         if self.llm is not None:
             started = time.perf_counter()
             try:
                 pattern = self.llm.extract(redacted)
+            except NoPattern as exc:
+                self.metrics.extract_seconds.labels("llm").observe(time.perf_counter() - started)
+                llm_verdict = Verdict(
+                    False, "llm_no_pattern", exc.reason, measures=verdict.measures
+                )
+                return self._refused(redacted, llm_verdict, "llm")
             except LLMError as exc:
                 error = exc.kind
                 if exc.kind != "circuit_open":
@@ -87,18 +135,24 @@ class Extractor:
             else:
                 elapsed = time.perf_counter() - started
                 self.metrics.extract_seconds.labels("llm").observe(elapsed)
-                return self._done(redacted, pattern, None)
+                return self._done(redacted, pattern, None, verdict.basis)
             self.metrics.llm_failures.labels(error).inc()
             self.metrics.llm_fallbacks.inc()
         started = time.perf_counter()
         pattern = heuristic_pattern(redacted)
         self.metrics.extract_seconds.labels("heuristic").observe(time.perf_counter() - started)
-        return self._done(redacted, pattern, error)
+        return self._done(redacted, pattern, error, verdict.basis)
 
-    def _done(self, redacted: ScoredInteraction, pattern: Pattern, error: str | None) -> Extraction:
+    def _done(
+        self,
+        redacted: ScoredInteraction,
+        pattern: Pattern,
+        error: str | None,
+        basis: tuple[str, ...],
+    ) -> Extraction:
         counts: Counter[str] = Counter()
         pattern = redact_pattern(pattern, counts)  # the model could echo a secret we missed
         for kind, n in counts.items():
             self.metrics.redactions.labels(kind).inc(n)
         self.metrics.patterns_extracted.labels(pattern.extractor).inc()
-        return Extraction(candidate=redacted, pattern=pattern, llm_error=error)
+        return Extraction(candidate=redacted, pattern=pattern, llm_error=error, basis=basis)

@@ -1,8 +1,10 @@
 """LLM extractor: any OpenAI-compatible chat-completions endpoint (llama.cpp, Ollama, vLLM).
 
 One candidate -> one request (low temperature, ``response_format: json_object``; dropped for good
-when the server answers 400 about it) -> the JSON object validated into `Pattern` fields. Invalid
-output gets one repair request that sends the error back. Transport errors, timeouts, 429 and
+when the server answers 400 about it) -> the JSON object validated into `Pattern` fields, or the
+no-pattern object (``{"pattern": null, "reason": ...}``: the model finds no reusable content;
+`NoPattern`, an answer rather than a failure: no repair, no fallback). Invalid output gets one
+repair request that sends the error back. Transport errors, timeouts, 429 and
 5xx are retried with exponential backoff (bounded); a circuit breaker stops calling a dead
 endpoint so the stream falls back to the heuristic extractor without waiting on timeouts.
 
@@ -46,8 +48,10 @@ MAX_BACKOFF_S = 30.0
 REPAIR_INSTRUCTION = (
     "Your reply could not be used: {error}\n"
     "Reply again with only the JSON object described above: keys name, description, "
-    "prerequisites, steps, tags, example; valid JSON, no markdown fences, no other text."
+    "prerequisites, steps, tags, example (or the no-pattern object with pattern null and a "
+    "reason); valid JSON, no markdown fences, no other text."
 )
+MAX_REASON_CHARS = 300
 
 
 @cache
@@ -68,6 +72,14 @@ class LLMError(Exception):
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.message = message
+
+
+class NoPattern(Exception):  # noqa: N818 - an answer, not an error
+    """The LLM answered that the candidate carries no reusable content, with its reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class BreakerState(StrEnum):
@@ -213,7 +225,9 @@ _FENCED_JSON = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.DOTALL | re.
 def parse_pattern_fields(content: str) -> LLMPatternFields:
     """The pattern fields in a reply: a JSON object, possibly in a fence or amid text.
 
-    Raises ValueError (with a message fit to send back to the model) when there is none.
+    Raises `NoPattern` when the reply is the no-pattern object (``{"pattern": null, "reason":
+    ...}``, or ``"no_pattern": true``), ValueError (with a message fit to send back to the
+    model) when there is no usable object.
     """
     text = content.strip()
     fenced = _FENCED_JSON.match(text)
@@ -231,6 +245,9 @@ def parse_pattern_fields(content: str) -> LLMPatternFields:
             raise ValueError(f"not valid JSON ({exc2.msg} at position {exc2.pos})") from None
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    if ("pattern" in data and data["pattern"] is None) or data.get("no_pattern") is True:
+        reason = " ".join(str(data.get("reason") or "no reason given").split())
+        raise NoPattern(reason[:MAX_REASON_CHARS])
     try:
         return LLMPatternFields.model_validate(data)
     except ValidationError as exc:
@@ -376,7 +393,8 @@ class LLMExtractor:
         return content
 
     def extract(self, candidate: ScoredInteraction) -> Pattern:
-        """The pattern of a (redacted) candidate, or `LLMError`.
+        """The pattern of a (redacted) candidate; `NoPattern` when the model finds no reusable
+        content in it; `LLMError` when extraction failed.
 
         At most two chat completions (the answer and one repair), each with bounded retries.
         """

@@ -31,6 +31,9 @@ class ExtractMetrics(MetricSet):
     dataset_written: Counter
     dataset_duplicates: Counter
     dataset_torn_repairs: Counter
+    candidates_refused: Counter
+    gate_passed: Counter
+    dataset_skipped: Counter
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> ExtractMetrics:
@@ -108,6 +111,27 @@ class ExtractMetrics(MetricSet):
             dataset_torn_repairs=Counter(
                 p + "dataset_torn_repairs",
                 "Torn trailing lines truncated away when opening the dataset",
+                registry=r,
+            ),
+            candidates_refused=Counter(
+                p + "candidates_refused",
+                "Candidates refused by the substance gate (no pattern, no example), per reason "
+                "and decider (rules, llm); each is logged in the refusals JSONL",
+                ["reason", "decided_by"],
+                registry=r,
+            ),
+            gate_passed=Counter(
+                p + "gate_passed",
+                "Candidates the substance gate let through, per basis (code, commands, steps, "
+                "explanation; the first that applied)",
+                ["basis"],
+                registry=r,
+            ),
+            dataset_skipped=Counter(
+                p + "dataset_examples_skipped",
+                "Dataset examples skipped by the balance (near_duplicate, pattern_cap); their "
+                "patterns are still learned",
+                ["reason"],
                 registry=r,
             ),
         )

@@ -49,6 +49,9 @@ class TrainingResult(Model):
     dataset_hash: str | None = None
     train_examples: int = Field(default=0, ge=0)
     eval_examples: int = Field(default=0, ge=0)
+    golden_examples: int = Field(
+        default=0, ge=0, description="Examples of the golden set both models were scored on."
+    )
     durations_s: dict[str, float] = Field(default_factory=dict)
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime = Field(default_factory=utcnow)

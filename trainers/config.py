@@ -72,7 +72,46 @@ class TrainingSettings(BaseModel):
         default=0.01,
         ge=0.0,
         lt=1.0,
-        description="Promote only if candidate loss <= active loss * (1 - this) (relative).",
+        description=(
+            "Promote only if candidate loss <= active loss * (1 - this) (relative), and the "
+            "lower bound of the bootstrap interval of the improvement is at least this too."
+        ),
+    )
+    bootstrap_resamples: int = Field(
+        default=2000,
+        ge=100,
+        le=100_000,
+        description="Paired bootstrap resamples of the eval examples (seeded by `seed`).",
+    )
+    bootstrap_confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1.0,
+        description="Two-sided confidence of the bootstrap interval of the improvement.",
+    )
+    golden_set: bool = Field(
+        default=True,
+        description=(
+            "Evaluate on the golden set too and reject a candidate that is worse on it. "
+            "Off: the eval split alone decides."
+        ),
+    )
+    golden_path: Path | None = Field(
+        default=None,
+        description=(
+            "The golden set: a JSONL of chat examples curated by the user, never drawn from the "
+            "dataset. Unset: the sample shipped in evals/golden.jsonl (skipped with a warning "
+            "when the installation has none). A path that does not exist fails the job."
+        ),
+    )
+    max_golden_regression: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Relative golden-set loss increase tolerated: reject if candidate > active * "
+            "(1 + this)."
+        ),
     )
     registry_dir: Path | None = Field(
         default=None, description="Adapter registry folder. Unset: <data dir>/adapters."

@@ -1,8 +1,13 @@
 """One training job, from trigger to result: what the trainer consumer calls.
 
 snapshot -> split -> (skip if too few examples) -> LoRA SFT -> evaluate active and candidate
-on the same eval set -> register the candidate -> activate it or reject it, with the reason
--> notify inference servers -> `TrainingResult`.
+on the same eval set and on the golden set -> paired bootstrap of the improvement -> register
+the candidate -> activate it or reject it (`trainers.promote`), with the reason -> notify
+inference servers -> `TrainingResult`.
+
+The golden set (``LEARNSTREAM_TRAINING__GOLDEN_PATH``, default the shipped
+``evals/golden.jsonl``) is fixed and curated by the user, not drawn from the dataset; train
+examples asking one of its questions are left out of training, so it stays unseen.
 
 * Never raises: any error becomes ``status="failed"`` with the reason.
 * Idempotent per ``trigger_id``: a job record (``jobs/<trigger>.json``) is written when the job
@@ -29,11 +34,14 @@ from schemas.base import utcnow
 from schemas.training import TrainingResult, TrainingTrigger
 from trainers.config import TrainingSettings
 from trainers.metrics import TrainingMetrics
-from trainers.promote import Decision, decide
+from trainers.promote import Decision, GoldenResult, Interval, decide, paired_bootstrap
 from trainers.registry import AdapterRegistry, JobRecord, RegistryError, version_name
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from learnstream.settings import Settings
+    from trainers.data import Messages
 
 log = logging.getLogger("learnstream.trainers.pipeline")
 
@@ -127,6 +135,50 @@ def _label(version: int | None) -> str:
     return "base model" if version is None else version_name(version)
 
 
+def golden_path(ts: TrainingSettings) -> Path | None:
+    """The golden set to use: the configured path (it must exist), else the shipped sample
+    if this installation has it; None when the golden set is off or there is none.
+    """
+    from trainers.evaluate import SHIPPED_GOLDEN
+
+    if not ts.golden_set:
+        return None
+    if ts.golden_path is not None:
+        if not ts.golden_path.exists():
+            raise FileNotFoundError(
+                f"golden set {ts.golden_path} (LEARNSTREAM_TRAINING__GOLDEN_PATH) does not exist"
+            )
+        return ts.golden_path
+    if SHIPPED_GOLDEN.exists():
+        return SHIPPED_GOLDEN
+    log.warning(
+        "no golden set: %s is not installed and LEARNSTREAM_TRAINING__GOLDEN_PATH is unset",
+        SHIPPED_GOLDEN,
+    )
+    return None
+
+
+def _interval(metrics: dict[str, float]) -> Interval | None:
+    if "improvement_ci_low" not in metrics or "improvement_ci_high" not in metrics:
+        return None
+    return Interval(
+        low=metrics["improvement_ci_low"],
+        high=metrics["improvement_ci_high"],
+        confidence=metrics.get("improvement_confidence", 0.95),
+        resamples=int(metrics.get("improvement_resamples", 0)),
+    )
+
+
+def _golden(metrics: dict[str, float]) -> GoldenResult | None:
+    if "golden_loss_active" not in metrics or "golden_loss_candidate" not in metrics:
+        return None
+    return GoldenResult(
+        active_loss=metrics["golden_loss_active"],
+        candidate_loss=metrics["golden_loss_candidate"],
+        examples=int(metrics.get("golden_examples", 0)),
+    )
+
+
 class _Job:
     """The state of one job while it runs."""
 
@@ -207,28 +259,43 @@ class _Job:
                 f"{data.lineage.duplicates} duplicates, {data.lineage.invalid_lines} invalid)"
             )
 
-        from trainers.evaluate import evaluate_adapters
+        from trainers import evaluate
+        from trainers.data import source_query
         from trainers.train import TrainConfig, main
 
+        golden_file = golden_path(ts)
+        golden: list[Messages] = []
+        if golden_file is not None:
+            golden = evaluate.load_golden(golden_file, self.settings.extract.system_prompt)
+        asked = {source_query(messages) for messages in golden}
+        train = [e.messages for e in data.train if e.query not in asked]
+        if len(train) < len(data.train):
+            log.info(
+                "left %d train example(s) out: they ask a golden-set question",
+                len(data.train) - len(train),
+            )
         with self.timer.stage("train"):
             run = main(
                 TrainConfig(
                     base_model=trigger.base_model,
                     output_dir=run_dir / "adapter",
-                    train=[e.messages for e in data.train],
+                    train=train,
                     settings=ts,
                     on_progress=self.on_progress,
                 )
             )
         compared_with = registry.active_version()
+        sets = {"eval": [e.messages for e in data.eval]}
+        if golden:
+            sets["golden"] = golden
         with self.timer.stage("evaluate"):
-            evals = evaluate_adapters(
+            evals = evaluate.evaluate_sets(
                 trigger.base_model,
-                [e.messages for e in data.eval],
+                sets,
                 {"active": registry.active_path(), "candidate": run.adapter_dir},
                 ts,
             )
-        active, candidate = evals["active"], evals["candidate"]
+        active, candidate = evals["eval"]["active"], evals["eval"]["candidate"]
         numbers: dict[str, float] = {
             "eval_loss_active": active.loss,
             "eval_loss_candidate": candidate.loss,
@@ -237,6 +304,29 @@ class _Job:
             "eval_tokens": float(candidate.tokens),
             **run.metrics(),
         }
+        if len(train) < len(data.train):
+            numbers["golden_overlap_left_out"] = float(len(data.train) - len(train))
+        if active.per_example and len(active.per_example) == len(candidate.per_example):
+            interval = paired_bootstrap(
+                active.example_losses,
+                candidate.example_losses,
+                resamples=ts.bootstrap_resamples,
+                confidence=ts.bootstrap_confidence,
+                seed=ts.seed,
+            )
+            numbers.update(
+                improvement_ci_low=interval.low,
+                improvement_ci_high=interval.high,
+                improvement_confidence=interval.confidence,
+                improvement_resamples=float(interval.resamples),
+            )
+        if "golden" in evals:
+            g_active, g_candidate = evals["golden"]["active"], evals["golden"]["candidate"]
+            numbers.update(
+                golden_loss_active=g_active.loss,
+                golden_loss_candidate=g_candidate.loss,
+                golden_examples=float(g_candidate.examples),
+            )
         config = {
             "trigger_id": trigger.trigger_id,
             "reasons": [str(r) for r in trigger.reasons],
@@ -245,6 +335,7 @@ class _Job:
             "device": run.device,
             "bf16": run.bf16,
             "settings": ts.model_dump(mode="json"),
+            "golden_path": str(golden_file) if golden_file is not None else None,
         }
         with self.timer.stage("register"):
             version = registry.register(
@@ -316,8 +407,14 @@ class _Job:
             min_improvement=ts.min_improvement,
             min_eval_examples=ts.min_eval_examples,
             active_label=label,
+            interval=_interval(metrics),
+            golden=_golden(metrics),
+            max_golden_regression=ts.max_golden_regression,
         )
         numbers = {**metrics, "relative_improvement": decision.relative_improvement}
+        if decision.golden is not None:
+            numbers["golden_relative_change"] = decision.golden.relative_change
+            counts = {**counts, "golden_examples": decision.golden.examples}
         now_active = registry.active_version()
         if decision.promote and now_active != compared_with:
             # Someone activated another version (CLI) while this one trained: the comparison
@@ -327,6 +424,8 @@ class _Job:
                 f"rejected: the active version changed during the job "
                 f"({_label(compared_with)} -> {_label(now_active)}); {decision.reason}",
                 decision.relative_improvement,
+                decision.interval,
+                decision.golden,
             )
         registry.record_decision(
             version,
@@ -334,6 +433,20 @@ class _Job:
                 "promote": decision.promote,
                 "reason": decision.reason,
                 "relative_improvement": decision.relative_improvement,
+                "improvement_interval": (
+                    [decision.interval.low, decision.interval.high]
+                    if decision.interval is not None
+                    else None
+                ),
+                "golden": (
+                    {
+                        "loss_active": decision.golden.active_loss,
+                        "loss_candidate": decision.golden.candidate_loss,
+                        "examples": decision.golden.examples,
+                    }
+                    if decision.golden is not None
+                    else None
+                ),
                 "compared_with": compared_with,
                 "trigger_id": trigger.trigger_id,
                 "at": utcnow().isoformat(),
