@@ -74,9 +74,12 @@ class FakeChatServer:
     delay_s: float = 0.0
     responder: Callable[[dict[str, Any]], str] = default_pattern_json
     requests: list[RecordedRequest] = field(default_factory=list)
+    max_in_flight: int = 0
+    """The most requests the server was answering at once (how parallel its client was)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._in_flight = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -111,9 +114,15 @@ class FakeChatServer:
                     body = {"_raw": raw.decode("utf-8", "replace")}
                 with owner._lock:
                     owner.requests.append(RecordedRequest(self.path, dict(self.headers), body))
-                reply = owner._next(body)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                    owner._in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner._in_flight)
+                try:
+                    reply = owner._next(body)
+                    if reply.delay_s:
+                        time.sleep(reply.delay_s)
+                finally:
+                    with owner._lock:
+                        owner._in_flight -= 1
                 if reply.body is not None:
                     payload = reply.body.encode()
                 else:

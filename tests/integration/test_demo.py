@@ -65,6 +65,10 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path) -> None:
         r"patterns learned: (\d+) new, (\d+) merged; dataset .*: (\d+) examples", text
     )
     assert learned and int(learned[1]) > 0 and int(learned[3]) > 0, text
+    # The sample's chit-chat (vscode session vs-3d91a5) scores high but teaches nothing.
+    gate = re.search(r"substance gate: (\d+) of (\d+) candidates refused \(([^)]*)\)", text)
+    assert gate and int(gate[1]) >= 3 and int(gate[2]) > int(gate[1]), text
+    assert {"repetition", "acknowledgement"} & set(re.findall(r"[a-z_]+", gate[3])), gate[3]
     assert re.search(r"training trigger \w+: learnings", text), text
     result = re.search(r"training result: (PROMOTED|REJECTED): ", text)
     assert result, text

@@ -284,7 +284,7 @@ def test_llm_stage_runs_in_parallel_and_keeps_input_order(
         results = stage.process(batch)
         elapsed = time.monotonic() - started
         stage.close()
-    assert elapsed < 8 * 0.3  # 8 calls of 0.3 s on 4 workers
+    assert llm.max_in_flight >= 2, elapsed  # calls overlapped (4 workers), not one by one
     assert [r.event_id for r in results] == [f"e{n}" for n in range(8)]
     assert [r.status for r in results] == ["new"] * 8
     assert {r.extractor for r in results} == {"llm"}
