@@ -1,14 +1,16 @@
-"""Faust versus plain aiokafka on the dev broker: how fast records get *through* (run by hand;
-figures go in the notes, never into tests).
+"""Faust versus plain aiokafka: how fast records get *through* (run by hand; figures go in the
+notes, never into tests).
 
 A bare Faust agent that only forwards records from one topic to another (Faust settings as in
-`streams/app.py` on the dev broker), against a plain aiokafka `getmany` loop reading (and, as
-a second figure, forwarding) the same topic. Each variant runs in its own child process with
-its own consumer group, so they all read the same records from the start; events/s is timed
-from the first to the last record the variant handles, and each child reports where its time
-went: CPU share, how long each event loop sat idle in `select()`, and the fetch requests its
-aiokafka consumer made (how many, how many records each brought, how many came back empty
-after being parked for `fetch_max_wait_ms`).
+`streams/app.py` for the broker it runs on), against a plain aiokafka `getmany` loop reading
+(and, as a second figure, forwarding) the same topic. ``aiokafka-fwd`` is the bare-client
+baseline: it runs in every run (added when ``--variants`` leaves it out) and the table gives
+each variant's rate as a share of it, same input, same broker. Each variant runs in its own
+child process with its own consumer group, so they all read the same records from the start;
+events/s is timed from the first to the last record the variant handles, and each child
+reports where its time went: CPU share, how long each event loop sat idle in `select()`, and
+the fetch requests its aiokafka consumer made (how many, how many records each brought, how
+many came back empty after being parked for `fetch_max_wait_ms`).
 
 The input is the scoring benchmark's AIDB completion events (~1 KB), produced twice:
 ``batched`` (linger 5 ms: message sets of hundreds of records, like a backlog from a busy
@@ -17,9 +19,15 @@ The dev broker returns at most ONE message set per partition per fetch and parks
 finds no data for the whole ``fetch_max_wait_ms`` (new records do not end the wait), so the
 two inputs behave very differently there; on Kafka/Redpanda neither limit exists.
 
+The broker (bench/brokers.py): the dev broker as a `learnstream broker` subprocess (default),
+a fresh local Apache Kafka (``--broker kafka``) or an existing cluster (``--bootstrap``). The
+topics (one input per style, one output per child, 4 partitions) are created up front and
+named per run, so runs on an existing cluster do not read each other's records.
+
     python bench/bench_faust_forward.py [--n 10000] [--inputs batched,single]
                                         [--variants default|all|NAME,NAME...]
                                         [--repeat 3] [--profile]
+                                        [--broker mock|kafka] [--bootstrap HOST:PORT]
     python bench/bench_faust_forward.py --list     # the variants and what each changes
 """
 
@@ -43,27 +51,34 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_score import (
-    Broker,
     EventMaker,
     load_average,
     patch_fetch_max_wait,
     unique_texts,
 )
+from brokers import BrokerInfo, add_broker_arguments, broker_from_args
 
-# The Faust settings `streams/app.py` uses against the dev broker.
-APP_SETTINGS: dict[str, Any] = {
-    "topic_allow_declare": False,
-    "topic_disable_leader": True,
-    "store": "memory://",
-    "web_enabled": False,
-    "producer_linger": 0.005,
-    "producer_compression_type": None,
-    "consumer_auto_offset_reset": "earliest",
-    "broker_commit_interval": 1.0,
-    "stream_buffer_maxsize": 16384,
-    "broker_session_timeout": 8.0,
-    "broker_heartbeat_interval": 1.0,
-}
+from learnstream.brokerprofile import KAFKA, MOCK
+
+BASELINE = "aiokafka-fwd"  # the bare-client baseline, in every run
+
+
+def app_settings(kind: str) -> dict[str, Any]:
+    """The Faust settings `streams/app.py` uses on this kind of broker (mock or kafka)."""
+    profile = MOCK if kind == "mock" else KAFKA
+    return {
+        "topic_allow_declare": profile.creates_topics,
+        "topic_disable_leader": True,
+        "store": "memory://",
+        "web_enabled": False,
+        "producer_linger": 0.005,
+        "producer_compression_type": profile.compression,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": 1.0,
+        "stream_buffer_maxsize": 16384,
+        "broker_session_timeout": profile.faust_session_timeout,
+        "broker_heartbeat_interval": profile.faust_heartbeat_interval,
+    }
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ class Variant:
     kind: str  # faust | aiokafka
     mode: str  # faust: event | take | noop; aiokafka: read | forward
     about: str
-    settings: dict[str, Any] = field(default_factory=dict)  # Faust app settings over APP_SETTINGS
+    settings: dict[str, Any] = field(default_factory=dict)  # Faust settings over app_settings()
     fetch_max_wait_ms: int | None = None  # None: the client's own (Faust 1500, aiokafka 500)
     take: int = 500
     loglevel: str = "info"  # `learnstream worker`'s default
@@ -314,12 +329,13 @@ def faust_child(args: argparse.Namespace, variant: Variant) -> None:
         sys.setswitchinterval(variant.switch_interval)
     if variant.fetch_max_wait_ms is not None:
         patch_fetch_max_wait(variant.fetch_max_wait_ms)
-    tolerate_mock_group_sync()
+    if args.broker == "mock":
+        tolerate_mock_group_sync()
     app = faust.App(
         f"bench-fwd-{variant.name}-{uuid.uuid4().hex[:6]}",
         broker=f"kafka://{args.bootstrap}",
         datadir=tempfile.mkdtemp(prefix="bench-fwd-faust-"),
-        **{**APP_SETTINGS, **variant.settings},
+        **{**app_settings(args.broker), **variant.settings},
     )
     source = app.topic(
         args.source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -434,17 +450,20 @@ def produce_input(bootstrap: str, topic: str, n: int, style: str) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run_child(args: argparse.Namespace, bootstrap: str, variant: Variant, source: str) -> dict:
-    """One variant in a child process; its figures."""
+def run_child(args: argparse.Namespace, broker: BrokerInfo, variant: Variant, source: str) -> dict:
+    """One variant in a child process (its own output topic); its figures."""
     result = Path(tempfile.mkstemp(prefix="bench-fwd-", suffix=".json")[1])
     sink = f"bench.fwd.out.{uuid.uuid4().hex[:8]}"
+    broker.create_topics([sink])
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--child",
         variant.name,
+        "--broker",
+        broker.kind,
         "--bootstrap",
-        bootstrap,
+        broker.bootstrap,
         "--source",
         source,
         "--sink",
@@ -472,6 +491,29 @@ def idle_summary(idle: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+def print_table(args: argparse.Namespace, broker: BrokerInfo, rows: list[Any]) -> None:
+    """The result table: every variant's figures, and its rate as a share of the baseline's."""
+    base = {style: r["rate"] for style, v, r, _ in rows if v.name == BASELINE}
+    print()
+    print(f"broker: {broker.label}")
+    print(f"baseline (same run, same broker): {BASELINE}, a plain aiokafka getmany + send loop")
+    print(f"{args.n} records per run; rate = records / (last - first record handled)", end="")
+    print(f"; median of {args.repeat} runs" if args.repeat > 1 else "")
+    head = f"{'input':8} {'variant':23} {'ev/s':>9} {'vs base':>7} {'cpu':>5} {'fetches':>8}"
+    print(f"{head} {'rec/fetch':>9} {'parked':>7} {'parked s':>8}  idle in select() per thread")
+    for style, v, r, _ in rows:
+        share = r["rate"] / base[style] if base.get(style) else float("nan")
+        print(
+            f"{style:8} {v.name:23} {r['rate']:>9,.0f} {share:>7.2f} {r['cpu_share']:>5.0%} "
+            f"{r['fetches']:>8} {r['records_per_fetch']:>9.1f} {r['parked_fetches']:>7} "
+            f"{r['parked_seconds']:>8.1f}  {idle_summary(r['idle'])}"
+        )
+    print("vs base = ev/s / aiokafka-fwd ev/s of the same input; parked = fetches that took")
+    print(">= 90 ms (the dev broker parks an empty fetch for the whole fetch_max_wait_ms; Kafka")
+    print("answers as soon as data arrives); cpu = process CPU seconds / wall seconds (2 cores =")
+    print("200%)")
+
+
 def main() -> None:
     """Produce the inputs, run the variants, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -482,8 +524,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per variant at most")
     ap.add_argument("--list", action="store_true", help="list the variants")
     ap.add_argument("--profile", action="store_true", help="cProfile each child's main thread")
+    add_broker_arguments(ap)  # a child gets the parent's broker as --broker KIND --bootstrap
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    for name in ("bootstrap", "source", "sink", "result"):
+    for name in ("source", "sink", "result"):
         ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -496,40 +539,30 @@ def main() -> None:
     names = {"default": DEFAULT, "all": [v.name for v in VARIANTS]}.get(
         args.variants, args.variants.split(",")
     )
+    if BASELINE not in names:
+        names = [BASELINE, *names]
     variants = [BY_NAME[n] for n in names]
     work = Path(tempfile.mkdtemp(prefix="bench-fwd-"))
-    broker = Broker(work / "broker")
+    run_tag = uuid.uuid4().hex[:6]
     rows = []
-    try:
-        for style in args.inputs.split(","):
-            topic = f"bench.fwd.in.{style}"
+    with broker_from_args(args, work / "broker", mock="process") as broker:
+        print(f"broker: {broker.label}", flush=True)
+        styles = args.inputs.split(",")
+        topics = {style: f"bench.fwd.in.{style}.{run_tag}" for style in styles}
+        broker.create_topics(topics.values())
+        for style in styles:
+            topic = topics[style]
             rate = produce_input(broker.bootstrap, topic, args.n, style)
             print(f"input {style}: {args.n} events produced at {rate:,.0f}/s", flush=True)
             for variant in variants:
                 load = load_average()
-                runs = [
-                    run_child(args, broker.bootstrap, variant, topic) for _ in range(args.repeat)
-                ]
+                runs = [run_child(args, broker, variant, topic) for _ in range(args.repeat)]
                 runs.sort(key=lambda x: x["rate"])
                 res = runs[len(runs) // 2]
                 rows.append((style, variant, res, load))
                 spread = " / ".join(f"{x['rate']:,.0f}" for x in runs)
                 print(f"  {variant.name:24} {spread:>26} ev/s  (load {load})", flush=True)
-    finally:
-        broker.stop()
-    print()
-    print(f"{args.n} records per run; rate = records / (last - first record handled)", end="")
-    print(f"; median of {args.repeat} runs" if args.repeat > 1 else "")
-    head = f"{'input':8} {'variant':21} {'ev/s':>9} {'cpu':>5} {'fetches':>8} {'rec/fetch':>9}"
-    print(f"{head} {'parked':>7} {'parked s':>8}  idle in select() per thread")
-    for style, v, r, _ in rows:
-        print(
-            f"{style:8} {v.name:21} {r['rate']:>9,.0f} {r['cpu_share']:>5.0%} "
-            f"{r['fetches']:>8} {r['records_per_fetch']:>9.1f} {r['parked_fetches']:>7} "
-            f"{r['parked_seconds']:>8.1f}  {idle_summary(r['idle'])}"
-        )
-    print("parked = fetches that took >= 90 ms (the dev broker parks an empty fetch for the")
-    print("whole fetch_max_wait_ms); cpu = process CPU seconds / wall seconds (2 cores = 200%)")
+    print_table(args, broker, rows)
     print(f"load average at the start of each run: {', '.join(sorted({r[3] for r in rows}))}")
     for style, v, r, _ in rows:
         if r.get("profile"):

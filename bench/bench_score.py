@@ -1,12 +1,20 @@
-"""Scoring stage benchmark: the real worker on the dev broker (run by hand; figures go in the
-notes, never into tests).
+"""Scoring stage benchmark: the real worker on a broker (run by hand; figures go in the notes,
+never into tests).
 
-Each phase starts its own `learnstream broker` and `learnstream worker` (subprocesses with
-their own data dirs and app id; extract and triggers agents off, so only the `score` agent
-runs; Qdrant in local mode under the worker's data dir), so no phase inherits another's
-interaction history. Events are AIDB `completion`s (~1 KB, like examples/aidb-events.jsonl)
-produced to `telemetry.aidb` with confluent-kafka; `interactions.scored` is read back with a
-confluent-kafka consumer. Every worker is warmed up with 64 events first.
+Each phase starts its own broker and `learnstream worker` (a subprocess with its own data dir
+and app id; extract and triggers agents off, so only the `score` agent runs; Qdrant in local
+mode under the worker's data dir), so no phase inherits another's interaction history. The
+broker (bench/brokers.py) is a `learnstream broker` subprocess (the dev broker, default) or,
+with ``--broker kafka``, a fresh local Apache Kafka per phase; ``--bootstrap`` runs every
+phase on one existing cluster instead, each worker and reader starting at the end of the
+topics (their groups' offsets are committed there first). The topics the score agent reads
+and writes (``telemetry.*``, ``interactions.scored``, ``patterns.candidates``,
+``telemetry.dlq``) are created up front with 4 partitions, as the dev broker makes them, so
+both brokers give the agent the same partitions (on Kafka the worker then warns that the
+registry wants more; it creates the other registry topics itself). Events are AIDB
+`completion`s (~1 KB, like examples/aidb-events.jsonl) produced to `telemetry.aidb` with
+confluent-kafka; `interactions.scored` is read back with a confluent-kafka consumer. Every
+worker is warmed up with 64 events first.
 
 a. Throughput: a backlog of N events with unique query texts; then (fresh worker) N events of
    which ``--repeat-share`` (0.8) repeat a text of the same burst. Scored events/s from the
@@ -24,6 +32,7 @@ c. The same worker's resident memory (VmRSS, and the peak VmHWM) once ``--rss-af
     python bench/bench_score.py [--n 3000] [--repeat-share 0.8] [--rate 50] [--duration 60]
                                 [--rss-after 10000] [--phase-limit 45] [--rss-limit 60]
                                 [--fetch-max-wait-ms MS] [--qdrant-lookup] [--no-spinner]
+                                [--broker mock|kafka] [--bootstrap HOST:PORT]
 
 The last three flags start the worker through a shim (this file) that changes one thing
 inside the worker process, to measure a suggested package change without making it:
@@ -41,7 +50,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +59,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,9 +67,22 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from brokers import BrokerInfo, add_broker_arguments, broker_from_args, stop_process
+
+from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_TOPIC = "telemetry.aidb"
 SCORED_TOPIC = "interactions.scored"
+# What the score agent reads and writes: made up front with the dev broker's 4 partitions.
+AGENT_TOPICS = [
+    *(spec.name for spec in TELEMETRY.values()),
+    INTERACTIONS_SCORED.name,
+    PATTERNS_CANDIDATES.name,
+    DLQ.name,
+]
 
 ACTIONS = [
     "configure",
@@ -185,43 +206,6 @@ def repeated_texts(tag: str, n: int, repeat_share: float, seed: int = 7) -> list
 # --- processes ------------------------------------------------------------------------------
 
 
-class Broker:
-    """`learnstream broker` in a subprocess with its own data dir."""
-
-    def __init__(self, data_dir: Path) -> None:
-        env = {**os.environ, "LEARNSTREAM_DATA_DIR": str(data_dir)}
-        env.pop("LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "learnstream", "broker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        record = data_dir / "broker.json"
-        deadline = time.monotonic() + 30
-        while not record.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError("dev broker did not start")
-            time.sleep(0.05)
-        self.bootstrap: str = json.loads(record.read_text())["bootstrap_servers"]
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        stop_process(self.proc)
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 class OtherCpu:
     """CPU used by processes other than ``pids`` since creation, as a share of all cores.
 
@@ -290,7 +274,9 @@ class Shim:
 class Worker:
     """`learnstream worker` (score agent only) in a subprocess; optionally through the shim."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, shim: Shim, loglevel: str) -> None:
+    def __init__(
+        self, bootstrap: str, data_dir: Path, shim: Shim, loglevel: str, app_id: str
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log_path = data_dir / "worker.log"
@@ -298,7 +284,7 @@ class Worker:
             **os.environ,
             "LEARNSTREAM_DATA_DIR": str(data_dir),
             "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "LEARNSTREAM_WORKER__APP_ID": f"bench-score-{uuid.uuid4().hex[:6]}",
+            "LEARNSTREAM_WORKER__APP_ID": app_id,
             "LEARNSTREAM_WORKER__EXTRACT": "false",
             "LEARNSTREAM_WORKER__TRIGGERS": "false",
         }
@@ -457,16 +443,18 @@ class Collector:
     """Reads `interactions.scored` in a thread and remembers when each event id arrived."""
 
     bootstrap: str
+    group: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
     seen: dict[str, Seen] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Subscribe and start reading (wait for the assignment before producing)."""
         self.consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
-                "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                "group.id": self.group,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
                 "session.timeout.ms": 6000,
@@ -510,17 +498,11 @@ class Collector:
     def close(self) -> None:
         """Stop reading."""
         self.stop.set()
-        self.thread.join(10)
+        if self.thread is not None:
+            self.thread.join(10)
 
 
 # --- phases ---------------------------------------------------------------------------------
-
-
-def create_topics(bootstrap: str) -> None:
-    """Have the dev broker create the topics now (it creates them on first metadata request)."""
-    p = Producer({"bootstrap.servers": bootstrap})
-    for topic in (SOURCE_TOPIC, SCORED_TOPIC):
-        p.list_topics(topic, timeout=10)
 
 
 def send_burst(bootstrap: str, maker: EventMaker, texts: list[str]) -> tuple[list[str], float]:
@@ -560,35 +542,66 @@ class Rig:
     maker: EventMaker
     worker: Worker
     collector: Collector
-    broker_pid: int = 0
+    broker_pids: tuple[int, ...] = ()
     produced: int = 0  # events produced to this rig's broker
 
     def other_cpu(self) -> OtherCpu:
         """A meter of the CPU used by processes other than this rig's, from now."""
-        return OtherCpu(self.broker_pid, self.worker.proc.pid)
+        return OtherCpu(*self.broker_pids, self.worker.proc.pid)
 
 
 @contextmanager
-def fresh_rig(work: Path, maker: EventMaker, shim: Shim, loglevel: str) -> Iterator[Rig]:
-    """A new dev broker, a new worker (empty Qdrant) and a reader, warmed up with 64 events."""
+def phase_broker(
+    args: argparse.Namespace, work: Path, shared: BrokerInfo | None
+) -> Iterator[BrokerInfo]:
+    """A fresh broker for one phase (``args``), or the run's one existing cluster."""
+    if shared is not None:
+        yield shared
+        return
+    with broker_from_args(args, work / "broker", mock="process") as broker:
+        yield broker
+
+
+@dataclass
+class Session:
+    """What every phase of one run shares."""
+
+    args: argparse.Namespace
+    shim: Shim
+    maker: EventMaker
+    results: Results
+    work: Path
+    shared: BrokerInfo | None = None  # an existing cluster (--bootstrap) serves every phase
+
+
+@contextmanager
+def fresh_rig(session: Session, name: str) -> Iterator[Rig]:
+    """A new broker (or the session's shared one), a new worker (empty Qdrant) and a reader,
+    warmed up with 64 events; the broker's label goes to the results."""
+    args, maker, shim = session.args, session.maker, session.shim
+    work = session.work / name
     work.mkdir(parents=True)
-    broker = Broker(work / "broker")
-    worker = None
-    collector = Collector(broker.bootstrap)
-    try:
-        create_topics(broker.bootstrap)
-        worker = Worker(broker.bootstrap, work / "worker", shim, loglevel)
-        collector.start()
-        worker.wait_serving()
-        rig = Rig(broker.bootstrap, maker, worker, collector, broker.proc.pid)
-        # Group join, first fetch, first batch: none of it belongs to a measurement.
-        burst_throughput(rig, unique_texts(f"w{work.name}", 64), 120)
-        yield rig
-    finally:
-        collector.close()
-        if worker is not None:
-            worker.stop()
-        broker.stop()
+    with phase_broker(args, work, session.shared) as broker:
+        session.results.brokers.append(broker.label)
+        broker.create_topics(AGENT_TOPICS)
+        app_id = f"bench-score-{uuid.uuid4().hex[:6]}"
+        collector = Collector(broker.bootstrap)
+        # On an existing cluster both groups skip what is there already (its history).
+        broker.start_group_at_end(app_id, [spec.name for spec in TELEMETRY.values()])
+        broker.start_group_at_end(collector.group, [SCORED_TOPIC])
+        worker = None
+        try:
+            worker = Worker(broker.bootstrap, work / "worker", shim, args.worker_loglevel, app_id)
+            collector.start()
+            worker.wait_serving()
+            rig = Rig(broker.bootstrap, maker, worker, collector, broker.pids)
+            # Group join, first fetch, first batch: none of it belongs to a measurement.
+            burst_throughput(rig, unique_texts(f"w{work.name}", 64), 120)
+            yield rig
+        finally:
+            collector.close()
+            if worker is not None:
+                worker.stop()
 
 
 def burst_throughput(rig: Rig, texts: list[str], limit: float) -> Throughput:
@@ -731,6 +744,7 @@ class Results:
     events: int = 0
     scored_at_memory: int = 0
     loads: dict[str, str] = field(default_factory=dict)
+    brokers: list[str] = field(default_factory=list)  # each phase's broker (label)
 
 
 def throughput_rows(label: str, t: Throughput) -> list[tuple[str, str, str]]:
@@ -749,7 +763,7 @@ def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
     rows: list[tuple[str, str, str]] = []
     if r.unique:
         ratio = r.unique.rate_first_last / r.bare[0]
-        bare = f"bare model, {args.n} unique texts, batches of 64 (texts/s)"
+        bare = f"baseline: bare model, {args.n} unique texts (texts/s, no broker)"
         rows.append((bare, f"{r.bare[0]:.1f}", ""))
         rows += throughput_rows(f"{args.n} unique texts", r.unique)
         rows.append(("  ratio stage / bare", f"{ratio:.2f}", ">= 0.70 " + ok(ratio >= 0.7)))
@@ -787,6 +801,8 @@ def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
             ("  peak VmHWM (MB)", f"{r.memory['VmHWM'] / mb:.0f}", ""),
         ]
     print()
+    for phase, label in zip(("a unique", "a repeated", "b+c"), r.brokers, strict=False):
+        print(f"broker, phase {phase}: {label}")
     print(f"load average (1/5/15 min): {' | '.join(f'{k} {v}' for k, v in r.loads.items())}")
     print(f"worker: score agent only, --loglevel {args.worker_loglevel}; shim: {shim}")
     print(f"{'measurement':60} {'value':>12}  target")
@@ -814,7 +830,7 @@ def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Each phase on a fresh dev broker and worker, so none inherits another's history."""
+    """Each phase on a fresh broker and worker, so none inherits another's history."""
     shim = Shim(args.fetch_max_wait_ms, args.qdrant_lookup, args.no_spinner)
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     r = Results(loads={"start": load_average()})
@@ -822,16 +838,27 @@ def run(args: argparse.Namespace) -> None:
     unique = unique_texts(f"u{maker.run}", args.n)
     print(f"bare model over {args.n} unique texts ...", flush=True)
     r.bare = bare_model_rate(unique)
-    limit, loglevel = args.phase_limit, args.worker_loglevel
-    with fresh_rig(work / "a-unique", maker, shim, loglevel) as rig:
+    session = Session(args, shim, maker, r, work)
+    with ExitStack() as stack:
+        if args.bootstrap:
+            session.shared = stack.enter_context(broker_from_args(args, work / "broker"))
+        run_phases(session, unique)
+    print_report(args, shim, r)
+
+
+def run_phases(session: Session, unique: list[str]) -> None:
+    """Phases a, b and c, each with a fresh worker (and a fresh broker unless shared)."""
+    args, maker, r = session.args, session.maker, session.results
+    limit = args.phase_limit
+    with fresh_rig(session, "a-unique") as rig:
         print(f"a. burst of {args.n} unique texts ...", flush=True)
         r.loads["a"] = load_average()
         r.unique = burst_throughput(rig, unique, limit)
-    with fresh_rig(work / "a-repeated", maker, shim, loglevel) as rig:
+    with fresh_rig(session, "a-repeated") as rig:
         rep = repeated_texts(f"r{maker.run}", args.n, args.repeat_share)
         print(f"a. burst of {args.n} texts, {args.repeat_share:.0%} repeated ...", flush=True)
         r.repeated = burst_throughput(rig, rep, limit)
-    with fresh_rig(work / "b-c", maker, shim, loglevel) as rig:
+    with fresh_rig(session, "b-c") as rig:
         n_paced = int(args.rate * args.duration)
         print(f"b. {n_paced} events at {args.rate}/s ...", flush=True)
         r.loads["b"] = load_average()
@@ -848,7 +875,6 @@ def run(args: argparse.Namespace) -> None:
         r.memory, r.events = rig.worker.proc_status(), rig.produced
         r.scored_at_memory = len(rig.collector.seen)
         r.loads["end"] = load_average()
-    print_report(args, shim, r)
 
 
 def wait_idle(rig: Rig, limit: float) -> bool:
@@ -891,6 +917,7 @@ def main() -> None:
         help="shim: interaction-history searches by Qdrant local mode, not the numpy index",
     )
     ap.add_argument("--no-spinner", action="store_true", help="shim: drop Faust's terminal spinner")
+    add_broker_arguments(ap)
     run(ap.parse_args())
 
 
