@@ -155,17 +155,28 @@ def unique() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private PostgreSQL (with pgvector) started by pgserver in a temp folder."""
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL (with pgvector) started by pgserver in a temp folder.
+
+    Not under pytest's temp folder: as root, pgserver runs PostgreSQL as the ``pgserver``
+    user, and every pytest session that starts resets ``/tmp/pytest-of-root`` to mode 0700,
+    which cuts a server there off from its own data (a PANIC at its next checkpoint) when
+    test runs overlap on one machine.
+    """
+    import shutil
+    import tempfile
+
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    folder = Path(tempfile.mkdtemp(prefix="lspg")) / "pg"
+    server = pgserver.get_server(folder, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,18 @@ def _rows(pg_url: str, ids: set[str]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def _members(bootstrap: str, group: str) -> int:
+    """Members of a stable consumer group (0 while it rebalances or is unknown)."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        info = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+    except Exception:  # the coordinator may still be loading the group
+        return 0
+    return len(info.members) if info.state == ConsumerGroupState.STABLE else 0
+
+
 def _events(run: str, start: int, count: int) -> list[dict[str, Any]]:
     t0 = datetime(2021, 3, 1, tzinfo=UTC)
     return [
@@ -127,30 +139,42 @@ def test_killed_worker_and_sink_lose_nothing(
     bootstrap = real_kafka.bootstrap_servers
     run = uuid.uuid4().hex[:8]
     app_id, group = f"faults-w-{run}", f"faults-s-{run}"
-    workers = [
-        WorkerProcess(
+
+    def start_worker(i: int) -> WorkerProcess:
+        return WorkerProcess(
             bootstrap, tmp_path / f"w{i}", app_id=app_id, LEARNSTREAM_WORKER__EXTRACT="false"
         )
-        for i in range(2)
-    ]
+
+    # Scale out as an operator does: the second worker joins once the first is working.
+    workers = [start_worker(0)]
     sinks = [Sink(bootstrap, postgres_url, group, tmp_path / f"sink{i}.log") for i in range(2)]
     producer = _producer(bootstrap, tmp_path, "kill")
     try:
-        warm = _events(run, 0, 48)
+        warm = _events(run, 0, 24)
         for e in warm:
             producer.emit(e)
         producer.flush(30)
         ids = {e["event_id"] for e in warm}
+        _wait(lambda: _rows(postgres_url, ids)[1] == len(ids), 240, "the first worker's rows")
+        workers.append(start_worker(1))
+        more = _events(run, 24, 24)
+        for e in more:
+            producer.emit(e)
+        producer.flush(30)
+        ids |= {e["event_id"] for e in more}
 
         def shared() -> bool:
-            # Both workers own partitions once each has consumed something.
-            return all(
-                w.metric("learnstream_events_consumed_total", source="vscode",
-                         event_type="session_started") > 0
-                for w in workers
-            ) and _rows(postgres_url, ids)[1] == len(ids)  # fmt: skip
+            # Both workers and both sinks are members of their (stable) groups.
+            return (
+                _members(bootstrap, app_id) == 2
+                and _members(bootstrap, group) == 2
+                and _rows(postgres_url, ids)[1] == len(ids)
+            )
 
-        _wait(shared, 240, "both workers consuming and the first rows stored")
+        try:
+            _wait(shared, 240, "both workers and sinks in their groups and the first rows")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {[w.log()[-1500:] for w in workers]}") from None
 
         stop = threading.Event()
         sent: list[dict[str, Any]] = []
