@@ -9,14 +9,11 @@ Each drives the real processes (`learnstream worker`, `learnstream sink`, the pr
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,57 +26,9 @@ from learnstream.postgres import connect
 from learnstream.settings import load_settings
 from streams.producers import TelemetryProducer
 from tests.integration.conftest import BrokerUnderTest
-from tests.integration.workers import WorkerProcess
+from tests.integration.workers import Sink, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Sink:
-    """`learnstream sink` in ``group``, writing to the session's PostgreSQL."""
-
-    def __init__(self, bootstrap: str, pg_url: str, group: str, log: Path) -> None:
-        env = {
-            **os.environ,
-            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "LEARNSTREAM_POSTGRES__URL": pg_url,
-            "LEARNSTREAM_DATA_DIR": str(log.parent / f"{log.stem}-data"),
-        }
-        self.log_path = log
-        self._log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "learnstream", "sink", "--group", group],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-        return int(self.proc.returncode)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def _rows(pg_url: str, ids: set[str]) -> tuple[int, int]:
@@ -155,7 +104,7 @@ def test_killed_worker_and_sink_lose_nothing(
             producer.emit(e)
         producer.flush(30)
         ids = {e["event_id"] for e in warm}
-        _wait(lambda: _rows(postgres_url, ids)[1] == len(ids), 240, "the first worker's rows")
+        wait_for(lambda: _rows(postgres_url, ids)[1] == len(ids), 240, "the first worker's rows")
         workers.append(start_worker(1))
         more = _events(run, 24, 24)
         for e in more:
@@ -172,7 +121,7 @@ def test_killed_worker_and_sink_lose_nothing(
             )
 
         try:
-            _wait(shared, 240, "both workers and sinks in their groups and the first rows")
+            wait_for(shared, 240, "both workers and sinks in their groups and the first rows")
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {[w.log()[-1500:] for w in workers]}") from None
 
@@ -199,7 +148,7 @@ def test_killed_worker_and_sink_lose_nothing(
         assert producer.flush(60) == 0
         ids |= {e["event_id"] for e in sent}
         assert len(ids) == 648
-        got = _wait(
+        got = wait_for(
             lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
             240,
             "every event in PostgreSQL after the kills",
@@ -241,7 +190,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
             producer.emit(e)
         assert producer.flush(30) == 0
         ids = {e["event_id"] for e in first}
-        _wait(lambda: _rows(postgres_url, ids)[1] == 100, 240, "the first rows")
+        wait_for(lambda: _rows(postgres_url, ids)[1] == 100, 240, "the first rows")
 
         own_kafka.kill_node(1)
         second = _events(run, 100, 100)
@@ -251,7 +200,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
         own_kafka.start_node(1)
         assert producer.flush(120) == 0, "the spool was not resent"
         ids |= {e["event_id"] for e in second}
-        got = _wait(
+        got = wait_for(
             lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
             240,
             "every event in PostgreSQL after the broker restart",

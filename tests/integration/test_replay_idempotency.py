@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from confluent_kafka import Producer
 
 from learnstream.postgres import connect
 from tests.integration.conftest import BrokerUnderTest
-from tests.integration.workers import WorkerProcess
+from tests.integration.workers import Sink, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,40 +80,6 @@ def _events() -> list[dict[str, Any]]:
                  "success": True, "user_feedback": 1, "timestamp": done}
             )  # fmt: skip
     return events
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Sink:
-    """`learnstream sink` in its own group, writing to the session's PostgreSQL."""
-
-    def __init__(self, bootstrap: str, pg_url: str, group: str, log: Path) -> None:
-        env = {
-            **os.environ,
-            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "LEARNSTREAM_POSTGRES__URL": pg_url,
-        }
-        self._log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "learnstream", "sink", "--group", group],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(60)
-        self._log.close()
-        return code
 
 
 def _rows(pg_url: str, ids: list[str]) -> list[tuple[Any, ...]]:
@@ -216,7 +180,7 @@ def test_replaying_every_topic_from_the_start_changes_nothing(
         sink = Sink(bootstrap, postgres_url, sink_group, tmp_path / "sink.log")
         try:
             # Every row (re)written by this run, then the dataset quiet for a while.
-            _wait(
+            wait_for(
                 lambda: (
                     (at := _scored_at(postgres_url, ids))
                     and len(at) == len(ids)
@@ -234,7 +198,7 @@ def test_replaying_every_topic_from_the_start_changes_nothing(
                     last[:] = [size, time.monotonic()]
                 return size > 0 and time.monotonic() - last[1] > 8
 
-            _wait(quiet, 120, "the dataset to settle")
+            wait_for(quiet, 120, "the dataset to settle")
         finally:
             codes = (sink.stop(), worker.stop())
         assert codes == (0, 0), worker.log()[-3000:]

@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from streams.app import free_port
 
@@ -79,3 +82,52 @@ class WorkerProcess:
                 self.proc.wait(10)
         self._log.close()
         return int(self.proc.returncode)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``predicate()`` once it is truthy; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Sink:
+    """`learnstream sink` in ``group``, writing to the session's PostgreSQL."""
+
+    def __init__(self, bootstrap: str, pg_url: str, group: str, log: Path) -> None:
+        env = {
+            **os.environ,
+            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "LEARNSTREAM_POSTGRES__URL": pg_url,
+            "LEARNSTREAM_DATA_DIR": str(log.parent / f"{log.stem}-data"),
+        }
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "learnstream", "sink", "--group", group],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
