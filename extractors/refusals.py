@@ -82,7 +82,7 @@ class RefusalLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._seen: set[str] = set()
+        self._seen: dict[str, tuple[str, str]] = {}  # key -> (reason, detail)
         self._loaded = False
 
     def _load(self) -> None:
@@ -94,7 +94,10 @@ class RefusalLog:
                         break
                     try:
                         data = json.loads(raw)
-                        self._seen.add(_key(str(data["event_id"]), str(data["kind"])))
+                        self._seen[_key(str(data["event_id"]), str(data["kind"]))] = (
+                            str(data["reason"]),
+                            str(data.get("detail") or ""),
+                        )
                     except (ValueError, KeyError, TypeError):
                         continue
         self._loaded = True
@@ -102,10 +105,14 @@ class RefusalLog:
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, tuple) or len(item) != 2:
             return False
+        return self.decision(str(item[0]), str(item[1])) is not None
+
+    def decision(self, event_id: str, kind: str) -> tuple[str, str] | None:
+        """(reason, detail) of the earlier refusal of this (event, kind), if one was logged."""
         with self._lock:
             if not self._loaded:
                 self._load()
-            return _key(str(item[0]), str(item[1])) in self._seen
+            return self._seen.get(_key(event_id, kind))
 
     def append(self, refusals: Sequence[Refusal]) -> list[bool]:
         """Write the records not logged before; per record, whether it was written."""
@@ -134,7 +141,7 @@ class RefusalLog:
                     view = memoryview(line)
                     while view:
                         view = view[os.write(fd, view) :]
-                    self._seen.add(key)
+                    self._seen[key] = (refusal.reason, refusal.detail)
                     written.append(True)
                 if any(written):
                     os.fsync(fd)

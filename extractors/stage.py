@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from prometheus_client import CollectorRegistry
 
-from extractors.balance import DatasetBalance, Proposal
+from extractors.balance import Admission, DatasetBalance, Proposal
 from extractors.dataset import DatasetWriter, build_example, content_hash
 from extractors.extract import Extraction, Extractor
 from extractors.feedback import signals_from
@@ -278,14 +278,25 @@ class ExtractionStage:
         results: list[ExtractionResult | None],
         redacted_of: dict[int, ScoredInteraction],
     ) -> list[tuple[int, DatasetExample]]:
-        """The examples the balance admits (exact duplicates pass: the writer skips them)."""
+        """The examples the balance admits (exact duplicates pass: the writer skips them).
+
+        A decision is made once per event: an example skipped before (a redelivery, a replay)
+        is skipped again with the same reason, whatever batch it arrives in now, so a replay
+        leaves the dataset byte-identical.
+        """
         offered: list[tuple[int, DatasetExample]] = []
         hashes: set[str] = set()
+        earlier: dict[int, tuple[str, str]] = {}
         for n, example in examples:
             digest = content_hash(example.messages)
-            if digest not in self.dataset and digest not in hashes:
-                hashes.add(digest)
-                offered.append((n, example))
+            if digest in self.dataset or digest in hashes:
+                continue
+            prior = self.refusals.decision(example.metadata.event_id, "example")
+            if prior is not None:
+                earlier[n] = prior
+                continue
+            hashes.add(digest)
+            offered.append((n, example))
         admissions = self.balance.admit(
             [
                 Proposal(
@@ -298,7 +309,13 @@ class ExtractionStage:
             ]
         )
         skipped: set[int] = set()
-        for (n, example), admission in zip(offered, admissions, strict=True):
+        decided = [(n, e, a) for (n, e), a in zip(offered, admissions, strict=True)]
+        again = [
+            (n, e, Admission(False, cast(Any, earlier[n][0]), earlier[n][1]))
+            for n, e in examples
+            if n in earlier
+        ]
+        for n, example, admission in decided + again:
             if admission.admitted or admission.reason is None:
                 continue
             skipped.add(n)

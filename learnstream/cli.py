@@ -345,16 +345,15 @@ def produce_send(
             deterministic_ids=origin != "<stdin>",
             max_bytes=settings.max_event_bytes,
         )
-        pending = producer.flush(timeout)
-        spooled = producer.spooled
+        pending = producer.drain(timeout)
     types = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items()))
     click.echo(
         f"{source}: sent {report.sent}, invalid {report.invalid} (to telemetry.dlq)"
         + (f"; {types}" if types else "")
     )
-    if pending or spooled:
+    if pending:
         click.echo(
-            f"{pending + spooled} events not delivered yet; kept in the spool under "
+            f"{pending} events not delivered yet; kept in the spool under "
             f"{settings.spool_dir} and resent on the next run",
             err=True,
         )

@@ -286,12 +286,11 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
                 f"{path}: sent {report.sent}, invalid {report.invalid} (to telemetry.dlq)"
                 + (f"; {types}" if types else "")
             )
-        pending = producer.flush(timeout)
-        spooled = producer.spooled
+        pending = producer.drain(timeout)
     click.echo(f"{source}: {len(files)} files, sent {sent}, invalid {invalid}")
-    if pending or spooled:
+    if pending:
         click.echo(
-            f"{pending + spooled} events not delivered yet; kept in the spool under "
+            f"{pending} events not delivered yet; kept in the spool under "
             f"{settings.spool_dir} and resent on the next run",
             err=True,
         )

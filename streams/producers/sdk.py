@@ -194,6 +194,9 @@ class TelemetryProducer:
         self._resent_ok: set[int] = set()
         self._closed = False
         self._outstanding = 0  # records handed to librdkafka without a delivery report yet
+        self._put_lock = threading.Lock()
+        self._puts = 0  # events and dead letters queued (callers' side, under _put_lock)
+        self._handled = 0  # of them, taken by the worker (its side only)
         self._new_id = EventIds()
         self._routes = {
             s: _Route(
@@ -239,6 +242,8 @@ class TelemetryProducer:
             event_id = event.get("event_id") or self._new_id()
         event_id = event_id if type(event_id) is str else str(event_id)
         route.emitted.inc()
+        with self._put_lock:
+            self._puts += 1
         self._queue.put(_Event(event, route, event_id))
         return event_id
 
@@ -248,6 +253,8 @@ class TelemetryProducer:
         """Send input that could not be accepted to ``telemetry.dlq`` with the reason."""
         raw_b = raw.encode() if isinstance(raw, str) else raw
         src = str(source) if source is not None else (self.source.value if self.source else None)
+        with self._put_lock:
+            self._puts += 1
         self._queue.put(_Dead(raw_b, src, reason, fields))
 
     def flush(self, timeout: float | None = None) -> int:
@@ -258,8 +265,29 @@ class TelemetryProducer:
         marker = _Flush()
         self._queue.put(marker)
         if not marker.done.wait(timeout):
-            return self._queue.qsize() + self._outstanding
+            return self._unhandled + self._outstanding
         return marker.pending
+
+    @property
+    def _unhandled(self) -> int:
+        """Events and dead letters queued by callers and not yet sent or spooled."""
+        return max(0, self._puts - self._handled)
+
+    def drain(self, timeout: float) -> int:
+        """Flush, then keep resending the spool until it is empty or ``timeout`` passes.
+
+        Returns how many events are not delivered yet (0: every event reached the broker).
+        Use it before exiting when a short broker outage (a leader election, a restart)
+        should not leave events behind in the spool for the next run.
+        """
+        deadline = time.monotonic() + timeout
+        self._next_resend = 0.0  # resend now rather than after the current backoff
+        while True:
+            pending = self.flush(max(0.0, deadline - time.monotonic()))
+            left = pending + self.spooled
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, spool whatever is still undelivered, and stop the worker."""
@@ -326,6 +354,9 @@ class TelemetryProducer:
                         )
                 except Exception:  # the worker must survive anything one record does
                     log.exception("%s: unexpected error handling %r", self.name, item)
+                finally:
+                    if isinstance(item, _Event | _Dead):
+                        self._handled += 1
             self._producer.poll(0)
             self._settle_failures()
             if self._spooling and not stop:

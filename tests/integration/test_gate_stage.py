@@ -142,3 +142,18 @@ def test_paraphrases_with_the_same_answer_are_balanced(
     other.close()
     assert not late.dataset_written
     assert late.refusal is not None and late.refusal.reason == "near_duplicate"
+
+    # Each event's decision is made once: a replay, in other batches and even with room for
+    # more near-duplicates now, skips the same events for the same reasons.
+    before = dataset_path(settings).read_bytes()
+    roomy = load_settings(data_dir=tmp_path / "data", extract={"max_near_duplicates": 50})
+    third = QdrantClient(path=str(tmp_path / "qdrant3"))
+    replayed = ExtractionStage.create(roomy, embedder, third, CollectorRegistry())
+    again = [r for c in reversed(batch) for r in replayed.process([c])]
+    replayed.close()
+    third.close()
+    assert dataset_path(settings).read_bytes() == before
+    assert {r.event_id: r.refusal.reason for r in again if r.refusal} == {
+        "s0": "near_duplicate",
+        "s1": "near_duplicate",
+    }

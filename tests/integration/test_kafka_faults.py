@@ -102,14 +102,14 @@ def test_killed_worker_and_sink_lose_nothing(
         warm = _events(run, 0, 24)
         for e in warm:
             producer.emit(e)
-        producer.flush(30)
+        assert producer.drain(60) == 0
         ids = {e["event_id"] for e in warm}
         wait_for(lambda: _rows(postgres_url, ids)[1] == len(ids), 240, "the first worker's rows")
         workers.append(start_worker(1))
         more = _events(run, 24, 24)
         for e in more:
             producer.emit(e)
-        producer.flush(30)
+        assert producer.drain(60) == 0
         ids |= {e["event_id"] for e in more}
 
         def shared() -> bool:
@@ -145,14 +145,21 @@ def test_killed_worker_and_sink_lose_nothing(
         sinks[0].kill()
         thread.join(60)
         stop.set()
-        assert producer.flush(60) == 0
+        assert producer.drain(120) == 0
         ids |= {e["event_id"] for e in sent}
         assert len(ids) == 648
-        got = wait_for(
-            lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
-            240,
-            "every event in PostgreSQL after the kills",
-        )
+        try:
+            got = wait_for(
+                lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
+                240,
+                "every event in PostgreSQL after the kills",
+            )
+        except AssertionError as exc:
+            rows = _rows(postgres_url, ids)
+            raise AssertionError(
+                f"{exc}: {rows[1]} of {len(ids)} stored, {producer.spooled} spooled; "
+                f"worker: {workers[1].log()[-3000:]}\nsink: {sinks[1].log()[-3000:]}"
+            ) from None
         assert got == (len(ids), len(ids))  # each event once, none lost
     finally:
         producer.close(10)
@@ -188,7 +195,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
         first = _events(run, 0, 100)
         for e in first:
             producer.emit(e)
-        assert producer.flush(30) == 0
+        assert producer.drain(60) == 0
         ids = {e["event_id"] for e in first}
         wait_for(lambda: _rows(postgres_url, ids)[1] == 100, 240, "the first rows")
 
@@ -198,7 +205,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
             producer.emit(e)  # the broker is gone: these go to the spool
         time.sleep(3)
         own_kafka.start_node(1)
-        assert producer.flush(120) == 0, "the spool was not resent"
+        assert producer.drain(120) == 0, "the spool was not resent"
         ids |= {e["event_id"] for e in second}
         got = wait_for(
             lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
@@ -225,7 +232,7 @@ def test_leader_killed_on_three_nodes_loses_nothing_with_acks_all(
             warm = _events(run, 0, 30)
             for e in warm:
                 producer.emit(e)
-            assert producer.flush(60) == 0
+            assert producer.drain(60) == 0
             meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
             partitions = meta.topics["telemetry.vscode"].partitions
             assert all(len(p.replicas) == 3 for p in partitions.values())
@@ -250,7 +257,7 @@ def test_leader_killed_on_three_nodes_loses_nothing_with_acks_all(
             kafka.kill_node(leader)
             thread.join(60)
             stop.set()
-            assert producer.flush(120) == 0
+            assert producer.drain(120) == 0, "acknowledged = delivered: the spool drained"
         finally:
             producer.close(10)
         want = {e["event_id"] for e in sent}

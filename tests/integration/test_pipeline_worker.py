@@ -329,6 +329,18 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
         worker,
     )
     assert worker.stop() == 0, worker.log()[-3000:]
+    if kafka_broker.kind == "kafka":
+        # Faust declared its table's changelog itself (topic_allow_declare): compacted, so the
+        # state it recovers from below is the latest value per key, kept forever.
+        from confluent_kafka.admin import AdminClient, ConfigResource
+
+        changelog = f"pipeline-{RUN}-improvement-changelog"
+        admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap_servers})
+        (future,) = admin.describe_configs([ConfigResource("topic", changelog)]).values()
+        config = {k: v.value for k, v in future.result(15).items()}
+        assert config["cleanup.policy"] == "compact", config
+        topic = admin.list_topics(changelog, timeout=10).topics[changelog]
+        assert topic.error is None and len(topic.partitions) == 1, topic
 
     # Same group, same data dir: the table is recovered from its changelog topic.
     again = WorkerProcess(

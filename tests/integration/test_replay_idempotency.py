@@ -167,16 +167,9 @@ def test_replaying_every_topic_from_the_start_changes_nothing(
 
     def run_once() -> tuple[list[tuple[Any, ...]], bytes, dict[str, Any], datetime]:
         started = datetime.now(UTC)
-        # The dataset balance picks the best-scored near-duplicates per batch, and batches
-        # differ between a first pass and a replay (a known defect, see the session note);
-        # with room for every example this test checks what the replay promise covers.
-        worker = WorkerProcess(
-            bootstrap,
-            data_dir,
-            app_id=app_id,
-            LEARNSTREAM_EXTRACT__MAX_NEAR_DUPLICATES="1000",
-            LEARNSTREAM_EXTRACT__MAX_EXAMPLES_PER_PATTERN="1000",
-        )
+        # Default dataset balance: near-duplicate answers are skipped, and a replay must
+        # repeat those decisions exactly (they are durable per event id).
+        worker = WorkerProcess(bootstrap, data_dir, app_id=app_id)
         sink = Sink(bootstrap, postgres_url, sink_group, tmp_path / "sink.log")
         try:
             # Every row (re)written by this run, then the dataset quiet for a while.
