@@ -14,10 +14,11 @@ already holds:
 Within a batch the best-scored examples are considered first, so they are the ones kept; across
 batches the dataset is append-only and the first ones stay. The extraction stage asks only
 about events not decided before: a skip is logged once per event in the refusals log and read
-back on a redelivery or replay (`ExtractionStage._balance`), so batches never change a decision. Skipped examples are reported
-(reason ``near_duplicate`` or ``pattern_cap``), never silently dropped; their patterns are
-still learned. The index is rebuilt from the dataset file on open (no model needed for that:
-query vectors are computed lazily, only for examples whose answers collide).
+back on a redelivery or replay (`ExtractionStage._balance`), so batches never change a
+decision. Skipped examples are reported (reason ``near_duplicate`` or ``pattern_cap``), never
+silently dropped; their patterns are still learned. The index is rebuilt from the dataset file
+on open (no model needed for that: query vectors are computed lazily, only for examples whose
+answers collide).
 """
 
 from __future__ import annotations
