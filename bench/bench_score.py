@@ -31,8 +31,14 @@ c. The same worker's resident memory (VmRSS, and the peak VmHWM) once ``--rss-af
 
     python bench/bench_score.py [--n 3000] [--repeat-share 0.8] [--rate 50] [--duration 60]
                                 [--rss-after 10000] [--phase-limit 45] [--rss-limit 60]
+                                [--phases abc] [--watermark on|off] [--horizon-ms MS]
                                 [--fetch-max-wait-ms MS] [--qdrant-lookup] [--no-spinner]
                                 [--broker mock|kafka] [--bootstrap HOST:PORT]
+
+``--phases`` runs only some of a, b, c (``--phases b``: the latency run alone).
+``--watermark off`` runs the workers without holding events for the watermark
+(``LEARNSTREAM_SCORE__WATERMARK=false``; docs/replay-determinism.md), so a run with and one
+without give the latency the watermark costs; ``--horizon-ms`` sets its arrival horizon.
 
 The last three flags start the worker through a shim (this file) that changes one thing
 inside the worker process, to measure a suggested package change without making it:
@@ -331,6 +337,14 @@ class Worker:
                 step = key.split('step="')[1].split('"')[0]
                 out[step] = value
         return out
+
+    def hold_seconds(self) -> tuple[float, float]:
+        """(seconds, events) held for the watermark so far."""
+        m = self.metrics()
+        return (
+            m.get("learnstream_watermark_hold_seconds_sum", 0.0),
+            m.get("learnstream_watermark_hold_seconds_count", 0.0),
+        )
 
     def batches(self) -> float:
         """Score batches so far."""
@@ -745,6 +759,7 @@ class Results:
     scored_at_memory: int = 0
     loads: dict[str, str] = field(default_factory=dict)
     brokers: list[str] = field(default_factory=list)  # each phase's broker (label)
+    hold: tuple[float, float] = (0.0, 0.0)  # (seconds, events) held by the watermark in b
 
 
 def throughput_rows(label: str, t: Throughput) -> list[tuple[str, str, str]]:
@@ -788,6 +803,10 @@ def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
             ),
             ("  events per score batch", f"{lat.n / max(lat.batches, 1):.1f}", ""),
         ]
+    if r.latency and r.hold[1]:
+        rows.append(
+            ("  mean hold for the watermark (ms)", f"{1000 * r.hold[0] / r.hold[1]:.0f}", "")
+        )
     if r.idle_cpu is not None:
         rows.append(("worker CPU while idle (share of one core)", f"{r.idle_cpu:.1%}", ""))
     if r.memory:
@@ -805,6 +824,8 @@ def print_report(args: argparse.Namespace, shim: Shim, r: Results) -> None:
         print(f"broker, phase {phase}: {label}")
     print(f"load average (1/5/15 min): {' | '.join(f'{k} {v}' for k, v in r.loads.items())}")
     print(f"worker: score agent only, --loglevel {args.worker_loglevel}; shim: {shim}")
+    horizon = os.environ.get("LEARNSTREAM_SCORE__WATERMARK_HORIZON_MS", "default")
+    print(f"watermark: {args.watermark} (horizon ms: {horizon})")
     print(f"{'measurement':60} {'value':>12}  target")
     for name, value, target in rows:
         print(f"{name:60} {value:>12}  {target}")
@@ -835,9 +856,14 @@ def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     r = Results(loads={"start": load_average()})
     maker = EventMaker()
+    # The workers inherit the environment.
+    os.environ["LEARNSTREAM_SCORE__WATERMARK"] = "true" if args.watermark == "on" else "false"
+    if args.horizon_ms is not None:
+        os.environ["LEARNSTREAM_SCORE__WATERMARK_HORIZON_MS"] = str(args.horizon_ms)
     unique = unique_texts(f"u{maker.run}", args.n)
-    print(f"bare model over {args.n} unique texts ...", flush=True)
-    r.bare = bare_model_rate(unique)
+    if "a" in args.phases:
+        print(f"bare model over {args.n} unique texts ...", flush=True)
+        r.bare = bare_model_rate(unique)
     session = Session(args, shim, maker, r, work)
     with ExitStack() as stack:
         if args.bootstrap:
@@ -850,25 +876,32 @@ def run_phases(session: Session, unique: list[str]) -> None:
     """Phases a, b and c, each with a fresh worker (and a fresh broker unless shared)."""
     args, maker, r = session.args, session.maker, session.results
     limit = args.phase_limit
-    with fresh_rig(session, "a-unique") as rig:
-        print(f"a. burst of {args.n} unique texts ...", flush=True)
-        r.loads["a"] = load_average()
-        r.unique = burst_throughput(rig, unique, limit)
-    with fresh_rig(session, "a-repeated") as rig:
-        rep = repeated_texts(f"r{maker.run}", args.n, args.repeat_share)
-        print(f"a. burst of {args.n} texts, {args.repeat_share:.0%} repeated ...", flush=True)
-        r.repeated = burst_throughput(rig, rep, limit)
+    if "a" in args.phases:
+        with fresh_rig(session, "a-unique") as rig:
+            print(f"a. burst of {args.n} unique texts ...", flush=True)
+            r.loads["a"] = load_average()
+            r.unique = burst_throughput(rig, unique, limit)
+        with fresh_rig(session, "a-repeated") as rig:
+            rep = repeated_texts(f"r{maker.run}", args.n, args.repeat_share)
+            print(f"a. burst of {args.n} texts, {args.repeat_share:.0%} repeated ...", flush=True)
+            r.repeated = burst_throughput(rig, rep, limit)
+    if "b" not in args.phases and "c" not in args.phases:
+        return
     with fresh_rig(session, "b-c") as rig:
-        n_paced = int(args.rate * args.duration)
-        print(f"b. {n_paced} events at {args.rate}/s ...", flush=True)
-        r.loads["b"] = load_average()
-        paced = unique_texts(f"p{maker.run}", n_paced)
-        r.latency = paced_latency(rig, paced, args.rate, 20.0)
-        if wait_idle(rig, 20.0):
-            cpu0 = rig.worker.cpu_seconds()
-            time.sleep(5)
-            r.idle_cpu = (rig.worker.cpu_seconds() - cpu0) / 5
-        if rig.produced < args.rss_after:
+        if "b" in args.phases:
+            n_paced = int(args.rate * args.duration)
+            print(f"b. {n_paced} events at {args.rate}/s ...", flush=True)
+            r.loads["b"] = load_average()
+            paced = unique_texts(f"p{maker.run}", n_paced)
+            hold0 = rig.worker.hold_seconds()
+            r.latency = paced_latency(rig, paced, args.rate, 20.0)
+            hold1 = rig.worker.hold_seconds()
+            r.hold = (hold1[0] - hold0[0], hold1[1] - hold0[1])
+            if wait_idle(rig, 20.0):
+                cpu0 = rig.worker.cpu_seconds()
+                time.sleep(5)
+                r.idle_cpu = (rig.worker.cpu_seconds() - cpu0) / 5
+        if "c" in args.phases and rig.produced < args.rss_after:
             print(f"c. topping up to {args.rss_after} events ...", flush=True)
             top = unique_texts(f"t{maker.run}", args.rss_after - rig.produced)
             burst_throughput(rig, top, args.rss_limit)
@@ -905,6 +938,16 @@ def main() -> None:
         "--rss-limit", type=float, default=60.0, help="seconds to wait for the top-up (c) at most"
     )
     ap.add_argument("--worker-loglevel", default="info", help="the worker's --loglevel")
+    ap.add_argument("--phases", default="abc", help="which of the phases a, b, c to run")
+    ap.add_argument(
+        "--watermark",
+        choices=("on", "off"),
+        default="on",
+        help="hold events for the watermark (LEARNSTREAM_SCORE__WATERMARK) or score on arrival",
+    )
+    ap.add_argument(
+        "--horizon-ms", type=int, default=None, help="LEARNSTREAM_SCORE__WATERMARK_HORIZON_MS"
+    )
     ap.add_argument(
         "--fetch-max-wait-ms",
         type=int,

@@ -90,6 +90,10 @@ class StreamMetrics(MetricSet):
     learnings_since_training: Gauge
     training_triggers: Counter
     window_success_rate: Gauge
+    late_events: Counter
+    watermark_forced: Counter
+    watermark_held: Gauge
+    watermark_hold_seconds: Histogram
 
     @classmethod
     def _create(cls, r: CollectorRegistry) -> StreamMetrics:
@@ -154,6 +158,29 @@ class StreamMetrics(MetricSet):
                 p + "window_success_rate",
                 "Success rate over the recent scored interactions (the quality rule's window)",
                 ["base_model"],
+                registry=r,
+            ),
+            late_events=Counter(
+                p + "late_events",
+                "Events that arrived after the watermark passed their time (kind=late: later "
+                "events were scored without them, on every replay alike; kind=missed: an event "
+                "that should have seen them was already scored, so a replay may differ)",
+                ["source", "kind"],
+                registry=r,
+            ),
+            watermark_forced=Counter(
+                p + "watermark_forced",
+                "Events scored by the bounded wait before their look-ups were known complete",
+                ["source"],
+                registry=r,
+            ),
+            watermark_held=Gauge(
+                p + "watermark_held", "Events held for the watermark now", registry=r
+            ),
+            watermark_hold_seconds=Histogram(
+                p + "watermark_hold_seconds",
+                "Time from reading an event to its release by the watermark",
+                buckets=_LATENCY_BUCKETS,
                 registry=r,
             ),
         )

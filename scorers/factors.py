@@ -261,15 +261,17 @@ def complexity_factor(i: Interaction) -> FactorResult:
 
 
 def novelty_factor(max_similarity: float | None) -> FactorResult:
-    """How unlike the known skill patterns the interaction is.
+    """How unlike the knowledge already being learned the interaction is.
 
-    ``max_similarity`` is the highest cosine similarity among the patterns found by the
-    novelty look-up (only patterns at or above its threshold, created before the event), or
-    ``None`` when it found none: ``None`` → 1.0; else 1 - ``max_similarity``, clamped to [0, 1].
+    ``max_similarity`` is the highest cosine similarity among the earlier high-value
+    interactions found by the novelty look-up (those sent to extraction; only at or above its
+    threshold, visible to the event; the look-up rounds cosines to 4 decimals), or ``None``
+    when it found none: ``None`` → 1.0; else 1 - ``max_similarity``, clamped to [0, 1] and
+    rounded to 6 decimals (so 1 - 0.9123 is 0.0877, not 0.08770000000000006).
     """
     if max_similarity is None:
         return 1.0, {"max_similarity": None}
     if not math.isfinite(max_similarity):
         raise ValueError(f"max_similarity must be a finite number, got {max_similarity}")
-    value = min(1.0, max(0.0, 1.0 - max_similarity))
+    value = round(min(1.0, max(0.0, 1.0 - max_similarity)), 6)
     return value, {"max_similarity": max_similarity}

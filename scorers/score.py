@@ -32,8 +32,12 @@ __all__ = [
     "score_interaction",
 ]
 
-SCORER_VERSION = "1.0"
-"""Recorded in every `ScoredInteraction`; bump it when a factor or the composite changes."""
+SCORER_VERSION = "2.0"
+"""Recorded in every `ScoredInteraction`; bump it when a factor or the composite changes.
+
+2.0: novelty against earlier high-value interactions instead of extracted patterns; both
+look-ups see exactly the interactions visible under the arrival-time watermark
+(`scorers.watermark`); cosines rounded to 4 decimals before any comparison or use."""
 
 # Parameters of the vector look-ups behind reusability and novelty.
 REUSABILITY_MIN_COSINE = 0.85
@@ -41,26 +45,34 @@ REUSABILITY_MIN_COSINE = 0.85
 REUSABILITY_TOP_K = 10
 """At most this many similar earlier interactions are counted."""
 NOVELTY_MIN_COSINE = 0.90
-"""Patterns in ``skills-patterns`` count as known from this cosine on."""
+"""Earlier high-value interactions count as known knowledge from this cosine on."""
 NOVELTY_TOP_K = 5
-"""The novelty look-up considers this many nearest patterns."""
+"""The novelty look-up considers this many nearest earlier high-value interactions."""
 
 
 @dataclass(frozen=True, slots=True)
 class Lookups:
-    """Results of the vector look-ups for one interaction (only what came before the event).
+    """Results of the vector look-ups for one interaction (only what is visible to it).
 
-    ``similar_earlier``: earlier interactions with cosine >= `REUSABILITY_MIN_COSINE` among
-    the top `REUSABILITY_TOP_K`, never the event itself. ``max_pattern_similarity``: the
-    highest cosine among the top `NOVELTY_TOP_K` patterns with cosine >= `NOVELTY_MIN_COSINE`
-    created before the event, ``None`` when there is none. ``embedded``: whether the
-    interaction had a query to embed (when false the look-ups found nothing by construction);
-    it is recorded in the inputs.
+    Visible: event time strictly earlier, arrived at most ``horizon_s`` after the event (see
+    `scorers.watermark`), never the event itself. Cosines are rounded to 4 decimals.
+    ``similar_earlier``: visible interactions with cosine >= `REUSABILITY_MIN_COSINE` among
+    the top `REUSABILITY_TOP_K`. ``max_known_similarity``: the highest cosine among the top
+    `NOVELTY_TOP_K` visible *high-value* interactions with cosine >= `NOVELTY_MIN_COSINE`,
+    ``None`` when there is none. ``embedded``: whether the interaction had a query to embed
+    (when false the look-ups found nothing by construction). ``late``: the event arrived after
+    the watermark had passed its time (later events were scored without it); ``forced``: it
+    was released by the bounded wait before its look-ups were known to be complete;
+    ``horizon_s``: the arrival horizon used (None: any arrival). All are recorded in the
+    inputs.
     """
 
     similar_earlier: int
-    max_pattern_similarity: float | None
+    max_known_similarity: float | None
     embedded: bool = True
+    late: bool = False
+    forced: bool = False
+    horizon_s: float | None = None
 
 
 def score_interaction(
@@ -94,8 +106,14 @@ def score_interaction(
     feedback, feedback_inputs = feedback_factor(interaction)
     reusability, reusability_inputs = reusability_factor(lookups.similar_earlier)
     complexity, complexity_inputs = complexity_factor(interaction)
-    novelty, novelty_inputs = novelty_factor(lookups.max_pattern_similarity)
+    novelty, novelty_inputs = novelty_factor(lookups.max_known_similarity)
 
+    visibility = {
+        "embedded": lookups.embedded,
+        "late": lookups.late,
+        "forced": lookups.forced,
+        "horizon_s": lookups.horizon_s,
+    }
     total = (
         weights.outcome * outcome
         + weights.feedback * feedback
@@ -123,14 +141,15 @@ def score_interaction(
                 **reusability_inputs,
                 "min_cosine": REUSABILITY_MIN_COSINE,
                 "top_k": REUSABILITY_TOP_K,
-                "embedded": lookups.embedded,
+                **visibility,
             },
             "complexity": complexity_inputs,
             "novelty": {
                 **novelty_inputs,
+                "among": "earlier high-value interactions",
                 "min_cosine": NOVELTY_MIN_COSINE,
                 "top_k": NOVELTY_TOP_K,
-                "embedded": lookups.embedded,
+                **visibility,
             },
         },
         threshold=threshold,

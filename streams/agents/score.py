@@ -1,21 +1,278 @@
 """The `score` agent: telemetry topics in, `interactions.scored` / `patterns.candidates` /
-`telemetry.dlq` out. Stage logic lives in `scorers.stage`; this only moves data."""
+`telemetry.dlq` out. Stage logic lives in `scorers.stage`, the watermark in
+`scorers.watermark`; this moves data, holds look-up events until the watermark releases them,
+and acks each event only once what it produced has been sent.
+
+Offsets: the stream is read with ``noack_take``, so Faust commits an offset only once this
+agent acks the event, and only up to the first offset not acked yet on its partition. A held
+event is not acked, so its offset (and every later one of its partition) stays uncommitted
+until it is scored: a crash or a rebalance re-reads it. While held it is taken out of the
+consumer's set of unacked messages, which Faust waits to drain before a rebalance or shutdown
+(it could not drain while the partitions are paused); it goes back in when released, so Faust
+waits for the batch being scored. On a revocation the held events are dropped (Faust seeks
+every partition back to its committed offset after a rebalance, so they come again).
+
+Completeness needs the end offsets of caught-up partitions: asked (ListOffsets) when a held
+event waits on a partition that has not delivered a later record, by a client of its own
+(`EndOffsets`, librdkafka in a thread of its own). Asking through Faust's consumer
+(``consumer.highwaters``) queues behind its fetch long-poll on the same connection (about
+1.5 s a call) and, asked every tick, starved the fetches of a backlog: the stream stopped
+delivering. The first offset to expect of a partition read nothing from yet is its
+committed offset (Faust's ``_committed_offset``), else its earliest offset.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import logging
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
-from scorers.stage import BatchResult, RawRecord
+from scorers.stage import Pending, RawRecord, arrival_of, needs_lookup
+from scorers.watermark import EventTimeBuffer
 
 if TYPE_CHECKING:
     import faust
 
+    from learnstream.settings import Settings
     from streams.app import StreamContext
 
 JSON = b"application/json"
+log = logging.getLogger("learnstream.score")
+
+Key = tuple[str, int]
+
+
+def _key(tp: Any) -> Key:
+    return (str(tp.topic), int(tp.partition))
+
+
+class EndOffsets:
+    """Low and high watermarks of partitions, from a librdkafka client of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._admin: Any = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watermark")
+
+    def _query(self, keys: list[Key], earliest: bool) -> dict[Key, int]:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        from learnstream.kafka import client_config
+
+        if self._admin is None:
+            self._admin = AdminClient(client_config(self.settings))
+        spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
+        futures = self._admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in keys}, request_timeout=10
+        )
+        return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+
+    async def ask(self, keys: Iterable[Key], *, earliest: bool = False) -> dict[Key, int]:
+        """The end (or earliest) offset of each partition, asked now."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._query, list(keys), earliest)
+
+
+class ScoreLoop:
+    """One `score` agent instance: the watermark buffer, the batch loop and the ticker."""
+
+    def __init__(self, app: faust.App, ctx: StreamContext, stream: Any, topics: Any) -> None:
+        self.app, self.ctx, self.stream = app, ctx, stream
+        self.scored_topic, self.candidates_topic, self.dlq_topic = topics
+        conf = ctx.settings.score
+        self.watermark = conf.watermark
+        self.buffer: EventTimeBuffer[tuple[Any, Pending]] = EventTimeBuffer(
+            conf.watermark_horizon_ms / 1000,
+            conf.watermark_margin_ms / 1000,
+            conf.watermark_max_hold_ms / 1000,
+        )
+        self.tick_s = conf.watermark_tick_ms / 1000
+        self.lock = asyncio.Lock()
+        self.sources = {t.name for t in TELEMETRY.values()}
+        self._tps: dict[Key, Any] = {}
+        self.metrics = ctx.metrics
+        self.offsets = EndOffsets(ctx.settings)
+
+    # --- Faust's side ------------------------------------------------------------------------
+
+    def _flowing(self) -> bool:
+        return bool(self.app.flow_control.is_active())
+
+    def _assign(self) -> None:
+        """Wait for the telemetry partitions assigned now."""
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.sources]
+        except Exception:  # the consumer is not started yet
+            return
+        self._tps = {_key(tp): tp for tp in assigned}
+        if set(self._tps) != self.buffer.partitions:
+            self.buffer.assign(self._tps)
+
+    async def _refresh_ends(self) -> None:
+        """Ask for end offsets where that could release the next held event."""
+        want = [k for k in self.buffer.waiting_on(time.time()) if k in self._tps]
+        if not want:
+            return
+        unknown: set[Hashable] = set(self.buffer.needs_start())
+        committed: Mapping[Any, Any] = getattr(self.app.consumer, "_committed_offset", {})
+        earliest_needed = []
+        for k in want:
+            if k in unknown:
+                offset = committed.get(self._tps[k])
+                if offset is not None and offset > 0:
+                    self.buffer.set_start(k, int(offset))
+                else:
+                    earliest_needed.append(k)
+        if earliest_needed:
+            for k, offset in (await self.offsets.ask(earliest_needed, earliest=True)).items():
+                self.buffer.set_start(k, offset)
+        at = time.time()
+        ends = await self.offsets.ask(want)
+        self.buffer.observe_ends(ends, at)
+
+    async def on_revoked(self) -> None:
+        """A rebalance: forget what is held (it is read again from the committed offsets)."""
+        async with self.lock:
+            dropped = self.buffer.clear()
+            self.metrics.watermark_held.set(0)
+        if dropped:
+            log.info("rebalance: %d held events will be read again", len(dropped))
+
+    # --- the work ----------------------------------------------------------------------------
+
+    async def on_events(self, events: Sequence[Any]) -> None:
+        """One batch from the stream: dead letters out, look-up events held, the rest scored."""
+        ctx = self.ctx
+        records = [
+            RawRecord(
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value or b"",
+                e.message.timestamp,
+            )
+            for e in events
+        ]
+        loop = asyncio.get_running_loop()
+        parsed, dead = await loop.run_in_executor(ctx.executor, ctx.stage.parse_records, records)
+        async with self.lock:
+            self._assign()
+            now = time.time()
+            for e, rec in zip(events, records, strict=True):
+                self.buffer.read(_key(e.message.tp), rec.offset, arrival_of(rec))
+            ready: list[tuple[Any, Pending]] = []
+            for p in parsed:
+                event = events[p.index]
+                pending = Pending(p.interaction, arrival_of(p.record))
+                if not (self.watermark and needs_lookup(p.interaction)):
+                    ready.append((event, pending))
+                    continue
+                held = self.buffer.hold(
+                    (event, pending),
+                    _key(event.message.tp),
+                    ts=p.interaction.timestamp.timestamp(),
+                    key=p.interaction.event_id,
+                    kt=pending.arrival,
+                    now=now,
+                )
+                self.app.consumer.unacked.discard(event.message)
+                if held.missed:
+                    self.metrics.late_events.labels(p.interaction.source.value, "missed").inc()
+            good = {p.index for p in parsed}
+            dead_events = [e for i, e in enumerate(events) if i not in good]
+            await self._send_dead(dead, dead_events)
+            await self._flush(ready)
+
+    async def _send_dead(self, dead: Sequence[Any], events: Sequence[Any]) -> None:
+        sends = []
+        for letter in dead:
+            self.metrics.dead_letters.labels("score").inc()
+            dlq_key = base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
+            sends.append(
+                self.dlq_topic.send(
+                    key=dlq_key,
+                    value=letter.model_dump_json().encode(),
+                    headers=[
+                        ("source", (letter.source or "").encode()),
+                        ("event_type", b"dead_letter"),
+                        ("content-type", JSON),
+                    ],
+                )
+            )
+        await asyncio.gather(*sends)
+        for event in events:
+            await self.stream.ack(event)
+
+    async def _flush(self, ready: list[tuple[Any, Pending]]) -> None:
+        """Score ``ready`` and whatever the watermark releases now; send; ack."""
+        if self.watermark and len(self.buffer) and self._flowing():
+            await self._refresh_ends()
+            generation = self.app.consumer_generation_id
+            for h in self.buffer.release(time.time()):
+                event, pending = h.item
+                if event.message.generation_id != generation:
+                    continue  # read before a rebalance: it comes again
+                self.app.consumer.unacked.add(event.message)
+                # An event without a Kafka timestamp was held as arriving when it was read.
+                released = dataclasses.replace(pending, arrival=h.kt, late=h.late, forced=h.forced)
+                ready.append((event, released))
+                source = pending.interaction.source.value
+                self.metrics.watermark_hold_seconds.observe((h.released or 0) - h.received)
+                if h.forced:
+                    self.metrics.watermark_forced.labels(source).inc()
+        self.metrics.watermark_held.set(len(self.buffer))
+        if not ready:
+            return
+        loop = asyncio.get_running_loop()
+        scored = await loop.run_in_executor(self.ctx.executor, self._score, [p for _, p in ready])
+        await asyncio.gather(*(s for item in scored for s in self._sends(item)))
+        for event, _ in ready:
+            await self.stream.ack(event)
+
+    def _score(self, items: list[Pending]) -> list[ScoredInteraction]:
+        scored = self.ctx.stage.score(items)
+        if self.ctx.extraction is not None:  # patterns_used feedback updates pattern confidence
+            self.ctx.extraction.apply_feedback(scored)
+        return scored
+
+    def _sends(self, scored: ScoredInteraction) -> list[Any]:
+        i = scored.interaction
+        key = i.event_id.encode()
+        value = scored.model_dump_json().encode()
+        headers = [
+            ("source", i.source.value.encode()),
+            ("event_type", i.event_type.encode()),
+            ("schema_version", str(scored.schema_version).encode()),
+            ("content-type", JSON),
+        ]
+        sends = [self.scored_topic.send(key=key, value=value, headers=headers)]
+        if scored.high_value:
+            sends.append(self.candidates_topic.send(key=key, value=value, headers=headers))
+        return sends
+
+    async def tick_forever(self) -> None:
+        """Release held events as partitions pass, also while no new record comes."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            if not len(self.buffer):
+                continue
+            try:
+                async with self.lock:
+                    self._assign()
+                    await self._flush([])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("releasing held events failed; retrying at the next tick")
 
 
 def register(app: faust.App, ctx: StreamContext) -> Any:
@@ -33,61 +290,26 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
     )
     dlq_topic = app.topic(DLQ.name, key_serializer="raw", value_serializer="raw")
     score_conf = ctx.settings.score
-    extraction = ctx.extraction
+    current: list[ScoreLoop] = []
 
-    def process(records: list[RawRecord]) -> BatchResult:
-        result = ctx.stage.process(records)
-        if extraction is not None:  # patterns_used feedback updates the patterns' confidence
-            extraction.apply_feedback(result.scored)
-        return result
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        for loop in current:
+            await loop.on_revoked()
+
+    app.on_partitions_revoked.connect(on_revoked)
 
     @app.agent(source_topics, name="score")
     async def score(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(
-            score_conf.batch_size, within=score_conf.batch_within_ms / 1000
-        ):
-            records = [
-                RawRecord(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value or b"",
-                )
-                for e in events
-            ]
-            result = await loop.run_in_executor(ctx.executor, process, records)
-            sends = []
-            for scored in result.scored:
-                i = scored.interaction
-                key = i.event_id.encode()
-                value = scored.model_dump_json().encode()
-                headers = [
-                    ("source", i.source.value.encode()),
-                    ("event_type", i.event_type.encode()),
-                    ("schema_version", str(scored.schema_version).encode()),
-                    ("content-type", JSON),
-                ]
-                sends.append(scored_topic.send(key=key, value=value, headers=headers))
-                if scored.high_value:
-                    sends.append(candidates_topic.send(key=key, value=value, headers=headers))
-            for letter in result.dead:
-                ctx.metrics.dead_letters.labels("score").inc()
-                dlq_key = (
-                    base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
-                )
-                sends.append(
-                    dlq_topic.send(
-                        key=dlq_key,
-                        value=letter.model_dump_json().encode(),
-                        headers=[
-                            ("source", (letter.source or "").encode()),
-                            ("event_type", b"dead_letter"),
-                            ("content-type", JSON),
-                        ],
-                    )
-                )
-            await asyncio.gather(*sends)
+        loop = ScoreLoop(app, ctx, stream, (scored_topic, candidates_topic, dlq_topic))
+        current[:] = [loop]
+        ticker = asyncio.ensure_future(loop.tick_forever())
+        try:
+            async for events in stream.noack_take(
+                score_conf.batch_size, within=score_conf.batch_within_ms / 1000
+            ):
+                await loop.on_events(events)
+        finally:
+            ticker.cancel()
 
+    score.learnstream_loops = current  # type: ignore[attr-defined]
     return score

@@ -132,6 +132,28 @@ def local_kafka(kafka_broker: BrokerUnderTest) -> BrokerUnderTest:
     return kafka_broker
 
 
+@pytest.fixture
+def own_broker(kafka_broker: BrokerUnderTest, tmp_path: Path) -> Iterator[BrokerUnderTest]:
+    """A broker of this test's own, of the session broker's kind, for tests whose records
+    must not meet other tests' (or whose broker is killed): a fresh one-node local Kafka, or
+    a fresh mock cluster. On an external cluster, that cluster (nothing else can be started).
+    """
+    if kafka_broker.kind == "external":
+        yield kafka_broker
+    elif kafka_broker.kind == "kafka":
+        kafka = _start_local_kafka(tmp_path / "own-kafka")
+        try:
+            yield BrokerUnderTest(kafka.bootstrap_servers, "kafka", tmp_path / "own-kafka", kafka)
+        finally:
+            kafka.stop()
+    else:
+        mock = DevBrokerProcess(tmp_path / "own-mock")
+        try:
+            yield BrokerUnderTest(mock.bootstrap_servers, "mock", tmp_path / "own-mock")
+        finally:
+            mock.stop()
+
+
 @pytest.fixture(scope="session")
 def mock_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBrokerProcess]:
     """The dev broker (mock cluster) itself, for the tests of `learnstream broker`."""

@@ -138,7 +138,12 @@ def test_store_merges_at_the_threshold_and_keeps_created_ts(
     assert store.find_by_events(["e1", "e2", "e9"]).keys() == {"e1", "e2"}
 
 
-def test_novelty_lookup_reads_the_stored_patterns(client: QdrantClient, embedder: Embedder) -> None:
+def test_novelty_does_not_depend_on_what_extraction_stored(
+    client: QdrantClient, embedder: Embedder
+) -> None:
+    """Novelty reads earlier high-value interactions in the scorer's own history, whose
+    completeness the scorer controls (docs/replay-determinism.md), not the extracted patterns,
+    which lag behind by the LLM's latency: a stored pattern changes no look-up."""
     store = PatternStore(client, embedder)
     store.ensure()
     store.upsert(pattern("a", "e1"), unit(1.0))
@@ -148,8 +153,7 @@ def test_novelty_lookup_reads_the_stored_patterns(client: QdrantClient, embedder
             HistoryPoint("earlier", T0 - timedelta(seconds=1), unit(1.0), "aidb", "q"),
         ]
     )
-    assert lookups[0].max_pattern_similarity == pytest.approx(1.0, abs=1e-5)
-    assert lookups[1].max_pattern_similarity is None
+    assert [lk.max_known_similarity for lk in lookups] == [None, None]
 
 
 def test_near_duplicates_merge_end_to_end(

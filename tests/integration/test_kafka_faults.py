@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -170,15 +169,9 @@ def test_killed_worker_and_sink_lose_nothing(
 
 
 @pytest.fixture
-def own_kafka(local_kafka: BrokerUnderTest, tmp_path: Path) -> Iterator[Any]:
+def own_kafka(local_kafka: BrokerUnderTest, own_broker: BrokerUnderTest) -> Any:
     """A one-node Kafka of this test's own, to kill and restart."""
-    from learnstream.localkafka import LocalKafka
-
-    kafka = LocalKafka(tmp_path / "own-kafka").start()
-    try:
-        yield kafka
-    finally:
-        kafka.stop()
+    return own_broker.kafka
 
 
 def test_broker_killed_and_restarted_mid_stream_loses_nothing(

@@ -147,9 +147,16 @@ def test_candidates_become_patterns_dataset_rows_and_one_trigger(
     assert all(r.key == r.json()["pattern"]["pattern_id"].encode() for r in learned)
 
     dataset = worker.data_dir / "dataset" / "dataset.jsonl"
+    # Only this test's examples: the worker reads the shared topics from the start, and
+    # whatever other tests left there is learned too.
     lines = _wait(
-        lambda: dataset.exists() and dataset.read_text().splitlines(), 30, "dataset", worker
+        lambda: dataset.exists() and [x for x in dataset.read_text().splitlines() if RUN in x],
+        30,
+        "dataset",
+        worker,
     )
+    time.sleep(2)  # nothing more of ours arrives
+    lines = [x for x in dataset.read_text().splitlines() if RUN in x]
     assert len(lines) == len(QUERIES)
     example = json.loads(lines[0])
     assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]

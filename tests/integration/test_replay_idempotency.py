@@ -7,8 +7,8 @@ lines of this test's events must be identical before and after; the dataset file
 ever appended to and never holds a line twice.
 
 The test's events go to one partition (one session key) with timestamps older than any other
-test's, so they are processed in time order both times: the look-ups behind reusability and
-novelty only see earlier events, so the same order gives the same scores.
+test's. The scores would be the same in any processing order (the watermark, see
+test_replay_determinism.py); this test is about the stores: rows, points and dataset lines.
 """
 
 from __future__ import annotations

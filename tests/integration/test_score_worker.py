@@ -176,7 +176,7 @@ def test_every_source_is_scored_as_specified(
         "complexity": 1.0,
         "novelty": 1.0,
     }
-    assert a["high_value"] is True and a["scorer_version"] == "1.0"
+    assert a["high_value"] is True and a["scorer_version"] == "2.0"
     assert a["inputs"]["reusability"]["similar_earlier"] == 0
     assert by_id[ids["B"]]["score"] == pytest.approx(0.34)  # 0.08 + 0.1 + 0.06 + 0 + 0.1
     assert by_id[ids["C"]]["score"] == pytest.approx(0.24)  # 0.08 + 0 + 0.06 + 0 + 0.1
@@ -221,11 +221,21 @@ def test_reusability_counts_only_earlier_similar_queries_and_replays_identically
         first[f"R{i}-{run}"]["inputs"]["reusability"]["similar_earlier"] for i in range(6)
     ]
     assert got_similar == expected_similar
-    # 0.4 + 0.1 + 0.2·reusability + 0 + 0.1, reusability 0.3/0.5/0.5/0.7/0.7/1.0
+    # 0.4 + 0.1 + 0.2·reusability + 0 + 0.1·novelty, reusability 0.3/0.5/0.5/0.7/0.7/1.0.
+    # R1 is the first high-value one (novelty 1.0: R0 was not high value); from R2 on the
+    # same question is known knowledge (cosine 1.0 to R1: novelty 0).
     assert [first[f"R{i}-{run}"]["score"] for i in range(6)] == pytest.approx(
-        [0.66, 0.70, 0.70, 0.74, 0.74, 0.80]
+        [0.66, 0.70, 0.60, 0.64, 0.64, 0.70]
     )
-    assert [first[f"R{i}-{run}"]["high_value"] for i in range(6)] == [False] + [True] * 5
+    assert [first[f"R{i}-{run}"]["factors"]["novelty"] for i in range(6)] == [1.0, 1.0] + [0.0] * 4
+    assert [first[f"R{i}-{run}"]["high_value"] for i in range(6)] == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
 
     # Replay: the same events again are scored exactly the same.
     _send(kafka_broker.bootstrap_servers, "aidb", series)

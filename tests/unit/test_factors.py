@@ -320,11 +320,13 @@ def test_explanation_threshold_is_eight_words() -> None:
         (1.0, 0.0),
         (1.0000001, 0.0),  # float noise above 1 is clamped
         (-0.5, 1.0),  # clamped to 1
+        (0.9123, 0.0877),  # rounded to 6 decimals: exactly the decimal, no float tail
+        (0.8765432109, 0.123457),
     ],
 )
 def test_novelty(max_similarity: float | None, expected: float) -> None:
     value, inputs = novelty_factor(max_similarity)
-    assert value == pytest.approx(expected, abs=1e-12)
+    assert value == expected
     assert 0.0 <= value <= 1.0
     assert inputs == {"max_similarity": max_similarity}
 

@@ -58,7 +58,7 @@ def score(
 def test_lookup_parameters() -> None:
     assert (REUSABILITY_MIN_COSINE, REUSABILITY_TOP_K) == (0.85, 10)
     assert (NOVELTY_MIN_COSINE, NOVELTY_TOP_K) == (0.90, 5)
-    assert SCORER_VERSION == "1.0"
+    assert SCORER_VERSION == "2.0"
     assert set(score_module.__all__) >= {
         "REUSABILITY_MIN_COSINE",
         "REUSABILITY_TOP_K",
@@ -92,9 +92,9 @@ def test_default_weights_are_the_design_weights() -> None:
                 "files_modified": ["a.py", "b.py"],
                 "response": CODE_AND_EXPLANATION,
             },
-            Lookups(similar_earlier=3, max_pattern_similarity=None),
+            Lookups(similar_earlier=3, max_known_similarity=None),
             # outcome 1.0 (success, 2 iterations); feedback 1.0 (+1); reusability 0.7 (3);
-            # complexity 0.3 + 0.2 + 0.2 = 0.7; novelty 1.0 (no pattern)
+            # complexity 0.3 + 0.2 + 0.2 = 0.7; novelty 1.0 (no similar high-value one)
             # 0.4·1.0 + 0.2·1.0 + 0.2·0.7 + 0.1·0.7 + 0.1·1.0 = 0.4 + 0.2 + 0.14 + 0.07 + 0.1
             (1.0, 1.0, 0.7, 0.7, 1.0),
             0.91,
@@ -102,7 +102,7 @@ def test_default_weights_are_the_design_weights() -> None:
         ),
         pytest.param(
             {"outcome": Outcome.FAILURE, "copied_to_clipboard": True},
-            Lookups(similar_earlier=0, max_pattern_similarity=0.95),
+            Lookups(similar_earlier=0, max_known_similarity=0.95),
             # outcome 0.2; feedback 0.8 (copied); reusability 0.3; complexity 0;
             # novelty 1 - 0.95 = 0.05
             # 0.4·0.2 + 0.2·0.8 + 0.2·0.3 + 0.1·0 + 0.1·0.05 = 0.08 + 0.16 + 0.06 + 0 + 0.005
@@ -117,7 +117,7 @@ def test_default_weights_are_the_design_weights() -> None:
                 "steps": 1,
                 "files_modified": list("abcde"),
             },
-            Lookups(similar_earlier=10, max_pattern_similarity=0.92),
+            Lookups(similar_earlier=10, max_known_similarity=0.92),
             # outcome 0.6 (6 iterations); feedback 0.6 (modified); reusability 1.0 (10);
             # complexity 0.3 (5 files); novelty 1 - 0.92 = 0.08
             # 0.4·0.6 + 0.2·0.6 + 0.2·1.0 + 0.1·0.3 + 0.1·0.08 = 0.24 + 0.12 + 0.2 + 0.03 + 0.008
@@ -135,7 +135,7 @@ def test_default_weights_are_the_design_weights() -> None:
                 "files_modified": list("abcd"),
                 "response": CODE_AND_EXPLANATION,
             },
-            Lookups(similar_earlier=1, max_pattern_similarity=0.9),
+            Lookups(similar_earlier=1, max_known_similarity=0.9),
             # outcome 0.4; feedback 0.0 (thumbs down beats copied); reusability 0.5 (1);
             # complexity 0.3 + 0.2 + 0.3 + 0.2 = 1.0; novelty 1 - 0.9 = 0.1
             # 0.4·0.4 + 0.2·0 + 0.2·0.5 + 0.1·1.0 + 0.1·0.1 = 0.16 + 0 + 0.1 + 0.1 + 0.01
@@ -145,13 +145,13 @@ def test_default_weights_are_the_design_weights() -> None:
         ),
         pytest.param(
             {"outcome": Outcome.UNKNOWN, "iterations": None},
-            Lookups(similar_earlier=4, max_pattern_similarity=1.0),
+            Lookups(similar_earlier=4, max_known_similarity=1.0),
             # outcome 0.4 (unknown); feedback 0.5; reusability 0.7 (4); complexity 0;
             # novelty 1 - 1.0 = 0
             # 0.4·0.4 + 0.2·0.5 + 0.2·0.7 + 0.1·0 + 0.1·0 = 0.16 + 0.1 + 0.14
             (0.4, 0.5, 0.7, 0.0, 0.0),
             0.4,
-            id="unknown-known-pattern",
+            id="unknown-known-knowledge",
         ),
     ],
 )
@@ -180,10 +180,12 @@ def test_hand_computed_scores(
 
 
 def test_score_is_rounded_to_six_decimals() -> None:
-    # novelty 1 - 0.9123456789 = 0.0876543211; 0.1 of it = 0.00876543211
-    # 0.4·1 + 0.2·0.5 + 0.2·0.3 + 0 + 0.00876543211 = 0.56876543211 → 0.568765
+    # novelty 1 - 0.9123456789 = 0.0876543211 → 0.087654 (rounded to 6 decimals, like the
+    # score; the look-ups give cosines with 4); 0.1 of it = 0.0087654
+    # 0.4·1 + 0.2·0.5 + 0.2·0.3 + 0 + 0.0087654 = 0.5687654 → 0.568765
     s = score(interaction(), Lookups(0, 0.9123456789))
     assert s.score == 0.568765
+    assert s.factors is not None and s.factors.novelty == 0.087654
 
 
 # --- custom weights --------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def test_score_is_rounded_to_six_decimals() -> None:
 
 def test_custom_weights() -> None:
     i = interaction(outcome=Outcome.FAILURE, modified_response=True, steps=2)
-    lookups = Lookups(similar_earlier=5, max_pattern_similarity=0.96)
+    lookups = Lookups(similar_earlier=5, max_known_similarity=0.96)
     # factors: outcome 0.2, feedback 0.6, reusability 1.0, complexity 0.3, novelty 0.04
     only_outcome = ScoreWeights(
         outcome=1.0, feedback=0.0, reusability=0.0, complexity=0.0, novelty=0.0
@@ -225,7 +227,7 @@ def test_score_stays_within_one_when_weights_sum_a_hair_above_one() -> None:
         files_modified=list("abcd"),
         response=CODE_AND_EXPLANATION,
     )
-    s = score(best, Lookups(similar_earlier=5, max_pattern_similarity=None), weights)
+    s = score(best, Lookups(similar_earlier=5, max_known_similarity=None), weights)
     assert s.score == 1.0
     assert s.high_value
 
@@ -251,7 +253,7 @@ def test_score_exactly_at_threshold_is_high_value() -> None:
     # outcome 1.0, feedback 0.5, reusability 0.5 (1 similar), complexity 0, novelty 1.0:
     # 0.4 + 0.1 + 0.1 + 0 + 0.1 = 0.7 (0.7000000000000001 in floating point before rounding)
     i = interaction()
-    lookups = Lookups(similar_earlier=1, max_pattern_similarity=None)
+    lookups = Lookups(similar_earlier=1, max_known_similarity=None)
     at = score(i, lookups, threshold=0.7)
     assert at.score == 0.7
     assert at.high_value is True
@@ -278,7 +280,7 @@ def test_threshold_out_of_range_is_rejected(threshold: float) -> None:
 def test_lifecycle_interaction_gets_a_null_score() -> None:
     i = normalize(parse_event("ralph", event("ralph", "iteration_started", event_id="r-1")))
     assert not i.scorable
-    s = score(i, Lookups(similar_earlier=10, max_pattern_similarity=None), threshold=0.0)
+    s = score(i, Lookups(similar_earlier=10, max_known_similarity=None), threshold=0.0)
     assert s.score is None
     assert s.factors is None
     assert s.high_value is False
@@ -306,7 +308,7 @@ def test_inputs_record_what_each_factor_was_computed_from() -> None:
         files_modified=["x.py"],
         response="plain short text",
     )
-    s = score(i, Lookups(similar_earlier=3, max_pattern_similarity=0.93, embedded=True))
+    s = score(i, Lookups(similar_earlier=3, max_known_similarity=0.93, embedded=True))
     assert s.inputs == {
         "outcome": {"outcome": "success", "iterations": 4, "iterations_counted": 4},
         "feedback": {
@@ -314,7 +316,15 @@ def test_inputs_record_what_each_factor_was_computed_from() -> None:
             "copied_to_clipboard": True,
             "modified_response": False,
         },
-        "reusability": {"similar_earlier": 3, "min_cosine": 0.85, "top_k": 10, "embedded": True},
+        "reusability": {
+            "similar_earlier": 3,
+            "min_cosine": 0.85,
+            "top_k": 10,
+            "embedded": True,
+            "late": False,
+            "forced": False,
+            "horizon_s": None,
+        },
         "complexity": {
             "steps": 2,
             "tools_used": 2,
@@ -322,8 +332,29 @@ def test_inputs_record_what_each_factor_was_computed_from() -> None:
             "response_has_code": False,
             "response_has_explanation": False,
         },
-        "novelty": {"max_similarity": 0.93, "min_cosine": 0.90, "top_k": 5, "embedded": True},
+        "novelty": {
+            "max_similarity": 0.93,
+            "among": "earlier high-value interactions",
+            "min_cosine": 0.90,
+            "top_k": 5,
+            "embedded": True,
+            "late": False,
+            "forced": False,
+            "horizon_s": None,
+        },
     }
+
+
+def test_watermark_flags_are_recorded_in_both_lookup_factors() -> None:
+    lookups = Lookups(2, None, late=True, forced=True, horizon_s=1.0)
+    s = score(interaction(), lookups)
+    for name in ("reusability", "novelty"):
+        assert s.inputs[name]["late"] is True
+        assert s.inputs[name]["forced"] is True
+        assert s.inputs[name]["horizon_s"] == 1.0
+    # The flags say how the look-ups went; they change no factor.
+    plain = score(interaction(), Lookups(2, None))
+    assert s.factors == plain.factors and s.score == plain.score
 
 
 def test_not_embedded_is_recorded() -> None:
@@ -335,6 +366,7 @@ def test_not_embedded_is_recorded() -> None:
 def test_lookups_are_frozen() -> None:
     lookups = Lookups(1, 0.95)
     assert lookups.embedded is True
+    assert (lookups.late, lookups.forced, lookups.horizon_s) == (False, False, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         lookups.similar_earlier = 2  # type: ignore[misc]
 
@@ -350,7 +382,7 @@ def test_scoring_is_deterministic() -> None:
         user_feedback=1,
         context={"files_modified": list("abcde"), "tools_used": ["pytest"], "steps": 3},
     )
-    lookups = Lookups(similar_earlier=2, max_pattern_similarity=0.97)
+    lookups = Lookups(similar_earlier=2, max_known_similarity=0.97)
     first = score_interaction(
         normalize(parse_event("ralph", raw)), lookups, weights=DEFAULT, threshold=0.7
     )
