@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
 
 from learnstream.metrics import MetricSet
-from schemas.dlq import DeadLetter
+from schemas.dlq import DEAD_LETTER_MAX_BYTES, DeadLetter
 from schemas.topics import DLQ
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from learnstream.settings import Settings
 
-DLQ_KEEP_BYTES = 512 * 1024  # base64 of this stays under the default 1 MB message size
+DLQ_KEEP_BYTES = DEAD_LETTER_MAX_BYTES  # the one cap of every dead letter (schemas.dlq)
 
 Partition = tuple[str, int]
 """A (topic, partition) pair."""

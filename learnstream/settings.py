@@ -219,6 +219,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     base_model: str = Field(default="Qwen/Qwen2.5-Coder-0.5B-Instruct", min_length=1)
     max_event_bytes: int = Field(default=1_048_576, ge=256)
+    max_event_depth: int = Field(
+        default=64,
+        ge=2,
+        le=10_000,
+        description="Deepest nesting of objects and arrays an event may have; deeper input "
+        "becomes a dead letter (every way in: SDK, send, tail, gateway, agents).",
+    )
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -9,6 +9,16 @@ from pydantic import Field
 
 from schemas.base import Model, utcnow
 
+BROKER_MESSAGE_MAX_BYTES = 1_000_000
+"""What a default Kafka producer and broker accept per record (``message.max.bytes``)."""
+ENVELOPE_MAX_BYTES = 64 * 1024
+"""Room for everything of a dead letter but its original: reason, key, fields."""
+DEAD_LETTER_MAX_BYTES = (BROKER_MESSAGE_MAX_BYTES - ENVELOPE_MAX_BYTES) * 3 // 4
+"""The most of an original a dead letter keeps (its head): base64 makes 4 bytes of 3, so the
+letter stays under ``BROKER_MESSAGE_MAX_BYTES`` whatever the input."""
+MAX_REASON_CHARS = 4000
+MAX_KEY_BYTES = 4096
+
 
 class DeadLetter(Model):
     """An input that failed, with its original bytes (base64) and where it came from."""
@@ -25,7 +35,10 @@ class DeadLetter(Model):
     error: str = Field(min_length=1)
     error_kind: str = "invalid"
     original_size: int | None = Field(
-        default=None, ge=0, description="Set when only the head of a huge original was kept."
+        default=None,
+        ge=0,
+        description="The original's size in bytes; larger than the kept bytes when only its "
+        "head was kept (over DEAD_LETTER_MAX_BYTES).",
     )
     file: str | None = None
     line_number: int | None = Field(default=None, ge=1)
@@ -35,12 +48,23 @@ class DeadLetter(Model):
     def from_bytes(
         cls, raw: bytes | str, *, key: bytes | str | None = None, **fields: object
     ) -> DeadLetter:
-        """Build a dead letter around raw value (and key) bytes."""
-        raw_b = raw.encode() if isinstance(raw, str) else raw
-        key_b = key.encode() if isinstance(key, str) else key
+        """Build a dead letter around raw value (and key) bytes, of any size: it keeps at most
+        `DEAD_LETTER_MAX_BYTES` of the value (its head) and records the original size, so
+        the letter always fits in one broker record."""
+        raw_b = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+        key_b = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+        size = fields.pop("original_size", None)
+        size = len(raw_b) if not isinstance(size, int) else max(size, len(raw_b))
+        error = str(fields.pop("error", "") or "unknown error")
+        if len(error) > MAX_REASON_CHARS:
+            error = error[: MAX_REASON_CHARS - 3] + "..."
         return cls(
-            original_b64=base64.b64encode(raw_b).decode(),
-            original_key_b64=base64.b64encode(key_b).decode() if key_b is not None else None,
+            original_b64=base64.b64encode(raw_b[:DEAD_LETTER_MAX_BYTES]).decode(),
+            original_key_b64=(
+                base64.b64encode(key_b[:MAX_KEY_BYTES]).decode() if key_b is not None else None
+            ),
+            original_size=size,
+            error=error,
             **fields,
         )
 

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\u2028\u2029\ud800-\udfff]")
+MAX_REASON_CHARS = 2000
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` as one printable line: control characters and surrogates escaped (``\\n``,
+    ``\\ud800``), at most ``limit`` characters."""
+    flat = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    if len(flat) > limit:
+        flat = flat[: limit - 3] + "..."
+    return flat
 
 
 class EventError(ValueError):
@@ -23,6 +36,7 @@ class EventError(ValueError):
         fields: tuple[str, ...] = (),
         kind: str = "invalid",
     ) -> None:
+        reason = one_line(reason)
         super().__init__(reason)
         self.reason = reason
         self.source = source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,66 @@ from schemas.errors import EventError, describe_validation_error
 from schemas.events import EVENT_MODELS
 
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
+DEFAULT_MAX_EVENT_DEPTH = 64
+# NUL (PostgreSQL's text and jsonb cannot hold it) and UTF-16 surrogates (no UTF-8 encoder
+# writes a lone one, so no store, topic or file takes it).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(text: str, where: str, source: str | None, *, key: bool = False) -> EventError:
+    found = _UNSTORABLE.search(text)
+    code = ord(found.group()) if found else 0
+    what = (
+        "a NUL character (\\u0000), which the stores cannot hold"
+        if code == 0
+        else f"a lone surrogate (\\u{code:04x}), which is not Unicode text"
+    )
+    subject = f"a key of field '{where or '(root)'}'" if key else f"field '{where or '(root)'}'"
+    return EventError(
+        f"{subject} contains {what}",
+        source=source,
+        fields=(where,),
+        kind="invalid_text",
+    )
+
+
+def check_structure(
+    data: Any, *, max_depth: int = DEFAULT_MAX_EVENT_DEPTH, source: str | None = None
+) -> None:
+    """Raise `EventError` when a decoded event nests objects and arrays deeper than
+    ``max_depth``, or holds a key or string that no store can keep (NUL, a lone surrogate).
+
+    Iterative, so no input can exhaust the stack; every way in calls it (through
+    `validate_event`) before pydantic sees the data.
+    """
+    if isinstance(data, str):
+        if _UNSTORABLE.search(data):
+            raise _unstorable(data, "", source)
+        return
+    if not isinstance(data, dict | list | tuple):
+        return
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > max_depth:
+            where = path if len(path) <= 80 else path[:77] + "..."
+            raise EventError(
+                f"event nests deeper than {max_depth} levels at '{where}' "
+                "(LEARNSTREAM_MAX_EVENT_DEPTH)",
+                source=source,
+                kind="too_deep",
+            )
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if type(key) is str and _UNSTORABLE.search(key):
+                raise _unstorable(key, path, source, key=True)
+            if type(item) is str:
+                if _UNSTORABLE.search(item):
+                    raise _unstorable(item, f"{path}.{key}" if path else str(key), source)
+            elif isinstance(item, dict | list | tuple):
+                stack.append((item, depth + 1, f"{path}.{key}" if path else str(key)))
+            elif isinstance(item, str) and _UNSTORABLE.search(item):  # a str subclass
+                raise _unstorable(item, f"{path}.{key}" if path else str(key), source)
 
 
 def parse_source(source: str) -> Source:
@@ -51,10 +112,19 @@ def decode_json(
             source=source,
             kind="malformed",
         ) from None
+    except RecursionError:
+        raise EventError(
+            "event nests too deeply to decode (LEARNSTREAM_MAX_EVENT_DEPTH)",
+            source=source,
+            kind="too_deep",
+        ) from None
 
 
-def validate_event(source: Source | str, data: Any) -> SourceEvent:
-    """Validate a decoded event against its source's schema for its event type."""
+def validate_event(
+    source: Source | str, data: Any, *, max_depth: int = DEFAULT_MAX_EVENT_DEPTH
+) -> SourceEvent:
+    """Validate a decoded event against its source's schema for its event type (after
+    `check_structure`: bounded depth, storable text)."""
     src = parse_source(str(source))
     if isinstance(data, SourceEvent):
         if data.SOURCE is not src:
@@ -70,6 +140,9 @@ def validate_event(source: Source | str, data: Any) -> SourceEvent:
             source=src.value,
             kind="malformed",
         )
+    check_structure(
+        data if isinstance(data, dict) else dict(data), max_depth=max_depth, source=src.value
+    )
     event_type = data.get("event_type", data.get("event"))
     models = EVENT_MODELS[src]
     if event_type is None:
@@ -107,6 +180,7 @@ def parse_event(
     raw: bytes | str | Mapping[str, Any] | SourceEvent,
     *,
     max_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
+    max_depth: int = DEFAULT_MAX_EVENT_DEPTH,
 ) -> SourceEvent:
     """Parse raw JSON (or an already-decoded dict or model) into the source's event model.
 
@@ -118,4 +192,4 @@ def parse_event(
         if isinstance(raw, bytes | str)
         else raw
     )
-    return validate_event(src, data)
+    return validate_event(src, data, max_depth=max_depth)

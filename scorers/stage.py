@@ -10,6 +10,7 @@ here: the Faust agent moves records in and out, and runs these in a worker threa
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -28,6 +29,8 @@ from scorers.embeddings import Embedder
 from scorers.normalize import normalize
 from scorers.score import Lookups, score_interaction
 from scorers.vectors import HistoryPoint, VectorLookups
+
+log = logging.getLogger("learnstream.score")
 
 TELEMETRY_PREFIX = "telemetry."
 _RECORD_NS = uuid.UUID("8a3e5f0e-3c1b-4d7a-9b54-7f1e2d6c0a93")
@@ -135,46 +138,40 @@ class ScoringStage:
             source = rec.topic.removeprefix(TELEMETRY_PREFIX)
             try:
                 event: SourceEvent = parse_event(
-                    source, rec.value, max_bytes=self.settings.max_event_bytes
+                    source,
+                    rec.value,
+                    max_bytes=self.settings.max_event_bytes,
+                    max_depth=self.settings.max_event_depth,
                 )
                 if event.event_id is None:
                     event = event.model_copy(update={"event_id": record_event_id(rec)})
                 interaction = normalize(event)
             except EventError as exc:
-                self.metrics.events_invalid.labels(source, exc.kind).inc()
-                dead.append(
-                    DeadLetter.from_bytes(
-                        rec.value,
-                        key=rec.key,
-                        topic=rec.topic,
-                        partition=rec.partition,
-                        offset=rec.offset,
-                        source=source,
-                        event_type=exc.event_type,
-                        stage="score",
-                        error=exc.reason,
-                        error_kind=exc.kind,
-                    )
-                )
-                continue
+                reason, kind, event_type = exc.reason, exc.kind, exc.event_type
             except ValueError as exc:  # the normalizer refused a valid event
-                self.metrics.events_invalid.labels(source, "normalize").inc()
-                dead.append(
-                    DeadLetter.from_bytes(
-                        rec.value,
-                        key=rec.key,
-                        topic=rec.topic,
-                        partition=rec.partition,
-                        offset=rec.offset,
-                        source=source,
-                        stage="score",
-                        error=f"cannot normalize: {exc}",
-                        error_kind="normalize",
-                    )
-                )
+                reason, kind, event_type = f"cannot normalize: {exc}", "normalize", None
+            except Exception as exc:  # one record never takes its batch-mates down
+                log.exception("record %s/%d@%d failed", rec.topic, rec.partition, rec.offset)
+                reason, kind, event_type = f"internal error: {type(exc).__name__}", "internal", None
+            else:
+                self.metrics.events_consumed.labels(source, interaction.event_type).inc()
+                interactions.append(Parsed(index, rec, interaction))
                 continue
-            self.metrics.events_consumed.labels(source, interaction.event_type).inc()
-            interactions.append(Parsed(index, rec, interaction))
+            self.metrics.events_invalid.labels(source, kind).inc()
+            dead.append(
+                DeadLetter.from_bytes(
+                    rec.value,
+                    key=rec.key,
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    source=source,
+                    event_type=event_type,
+                    stage="score",
+                    error=reason,
+                    error_kind=kind,
+                )
+            )
         return interactions, dead
 
     @property

@@ -13,6 +13,11 @@ A 202 means the events are queued in the producer: they reach the topic or the o
 in the background, and `GatewayServer.close` flushes them on shutdown.
 
 When ``LEARNSTREAM_GATEWAY__TOKEN`` is set, ``/v1/*`` needs ``Authorization: Bearer <token>``.
+
+Retries: an event keeps its own ``event_id``; for events without one, send an
+``Idempotency-Key`` header (any string unique to the request, the same on its retries): line N
+of the body then gets the id ``uuid5(key, source, N)``, so a retried request maps to the same
+ids and every consumer deduplicates it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -46,6 +52,7 @@ from prometheus_client import (
 from learnstream.metrics import MetricSet
 from learnstream.settings import Settings
 from schemas.base import Source
+from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.errors import EventError
 from schemas.parsing import parse_event, parse_source
 from streams.producers.sdk import TelemetryProducer
@@ -64,7 +71,7 @@ NDJSON_TYPES = frozenset(
 )
 IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection (or a stalled body) is closed after this
 MAX_CONNECTIONS = 512  # open connections at once; more are answered 503
-DLQ_KEEP_BYTES = 65_536  # an oversized line is dead-lettered with only its first bytes
+DLQ_KEEP_BYTES = DEAD_LETTER_MAX_BYTES  # an oversized line keeps its head (schemas.dlq)
 SKIP_BODY_BYTES = 65_536  # an unread body up to this size is skipped to keep the connection
 LINGER_S = 2.0  # after refusing an unread body, read and drop input this long before closing
 _CHUNK_LINE_MAX = 1024
@@ -163,6 +170,11 @@ def split_events(body: bytes, content_type: str) -> list[tuple[int, bytes]]:
         if line.strip():
             out.append((number, line))
     return out
+
+
+def idempotent_id(key: str, source: Source, line: int) -> str:
+    """The event id of line ``line`` of a request sent with ``Idempotency-Key: key``."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"learnstream:{source.value}:{key}:{line}"))
 
 
 class GatewayServer(ThreadingHTTPServer):
@@ -600,14 +612,22 @@ class GatewayHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.BAD_REQUEST, "empty body: send one JSON event or NDJSON")
         results: list[_LineResult] = []
         rejected = 0
+        idempotency_key = (self.headers.get("Idempotency-Key") or "").strip()
         for number, raw in events:
             try:
-                event = parse_event(source, raw, max_bytes=max_bytes)
+                event = parse_event(
+                    source, raw, max_bytes=max_bytes, max_depth=server.settings.max_event_depth
+                )
             except EventError as exc:
                 rejected += 1
                 results.append(_LineResult(number, error=exc.reason))
                 self._dead_letter(source, number, raw, exc)
                 continue
+            if idempotency_key and event.event_id is None:
+                # A retried request gets the same ids, so every consumer deduplicates it.
+                event = event.model_copy(
+                    update={"event_id": idempotent_id(idempotency_key, source, number)}
+                )
             results.append(_LineResult(number, event_id=producer.emit(event)))
         accepted = len(results) - rejected
         if accepted:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import reprlib
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ from schemas.base import SCHEMA_VERSION, Source, SourceEvent
 from schemas.dlq import DeadLetter
 from schemas.errors import EventError
 from schemas.events import EVENT_MODELS
-from schemas.parsing import parse_event, parse_source, validate_event
+from schemas.parsing import check_structure, parse_event, parse_source, validate_event
 from schemas.topics import DLQ, telemetry_topic
 from streams.producers.metrics import ProducerMetrics
 from streams.producers.spool import Spool, SpoolRecord
@@ -50,7 +51,6 @@ log = logging.getLogger("learnstream.producer")
 
 JSON = b"application/json"
 _RESEND_BATCH = 5000
-DEAD_LETTER_MAX_BYTES = 1_048_576
 _MAX_BACKOFF_S = 30.0
 
 
@@ -116,6 +116,38 @@ class EventIds:
         return f"{self._head}{n[:3]}-{n[3:]}"
 
 
+def raw_of(payload: object) -> bytes:
+    """The bytes a dead letter keeps of an object that is not bytes: its JSON when it has
+    one, else a bounded repr; never raises, whatever the depth, size or text of the input.
+    """
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    try:
+        data = payload.model_dump(mode="json") if isinstance(payload, SourceEvent) else payload
+        return json.dumps(data, default=str).encode()  # ensure_ascii: surrogates are escaped
+    except (RecursionError, ValueError, TypeError):
+        short = reprlib.Repr()
+        short.maxlevel, short.maxstring, short.maxother = 8, 2000, 200
+        short.maxdict = short.maxlist = 200
+        return short.repr(payload).encode("utf-8", "backslashreplace")
+
+
+def _serialized(dump: Callable[[], bytes], source: str, event_type: str) -> bytes:
+    """``dump()``, with a failure to serialize turned into the `EventError` it is."""
+    try:
+        return dump()
+    except (RecursionError, ValueError, TypeError) as exc:  # PydanticSerializationError too
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise EventError(
+            f"{source}.{event_type}: cannot be serialized to JSON: {reason}",
+            source=source,
+            event_type=event_type,
+            kind="unserializable",
+        ) from None
+
+
 def record_headers(event: SourceEvent) -> list[tuple[str, bytes]]:
     """The headers every telemetry record carries."""
     return [
@@ -171,6 +203,7 @@ class TelemetryProducer:
         ps = self.settings.producer
         self._timeout_s = ps.delivery_timeout_ms / 1000
         self._max_event_bytes = self.settings.max_event_bytes
+        self._max_event_depth = self.settings.max_event_depth
         conf = client_config(
             self.settings,
             **{
@@ -232,6 +265,18 @@ class TelemetryProducer:
         if type(event) is not dict and isinstance(event, SourceEvent):
             route = self._routes[event.SOURCE]
             event_id = event.event_id or self._new_id()
+        elif not isinstance(event, Mapping):
+            event_id = self._new_id()
+            src = source if source is not None else self.source
+            self.dead_letter(
+                raw_of(event),
+                f"an event must be a dict (a JSON object) or a SourceEvent, not "
+                f"{type(event).__name__}",
+                source=src,
+                event_id=event_id,
+                error_kind="malformed",
+            )
+            return event_id
         else:
             default = self._default_route
             route = (
@@ -353,7 +398,12 @@ class TelemetryProducer:
                             self._dlq_record(item.raw, item.source, item.reason, item.fields)
                         )
                 except Exception:  # the worker must survive anything one record does
-                    log.exception("%s: unexpected error handling %r", self.name, item)
+                    log.exception(
+                        "%s: unexpected error handling a %s (event %s)",
+                        self.name,
+                        type(item).__name__,
+                        getattr(item, "event_id", "-"),
+                    )
                 finally:
                     if isinstance(item, _Event | _Dead):
                         self._handled += 1
@@ -379,13 +429,17 @@ class TelemetryProducer:
                 event = payload
                 if event.event_id != item.event_id:
                     event = event.model_copy(update={"event_id": item.event_id})
-                value = event.to_wire()
+                value = _serialized(event.to_wire, item.source.value, event.event_type)
+                if b"\\u0000" in value:  # a NUL, or text that looks like one: check
+                    check_structure(json.loads(value), source=item.source.value)
             else:
                 data = dict(payload)
                 data["event_id"] = item.event_id
                 event = self._validate(item.route, data)
                 # The tool's own event (plus its id), as sent; it has just been validated.
-                value = pydantic_core.to_json(data)
+                value = _serialized(
+                    lambda: pydantic_core.to_json(data), item.source.value, event.event_type
+                )
             limit = self._max_event_bytes
             if len(value) > limit:
                 raise EventError(
@@ -396,16 +450,7 @@ class TelemetryProducer:
                     kind="oversized",
                 )
         except EventError as exc:
-            raw = (
-                value
-                if exc.kind == "oversized"
-                else json.dumps(
-                    dict(payload)
-                    if isinstance(payload, Mapping)
-                    else payload.model_dump(mode="json"),
-                    default=str,
-                ).encode()
-            )
+            raw = value if exc.kind == "oversized" else raw_of(payload)
             log.warning("%s: invalid %s event dead-lettered: %s", self.name, item.source, exc)
             self._send(
                 self._dlq_record(
@@ -436,6 +481,7 @@ class TelemetryProducer:
 
     def _validate(self, route: _Route, data: dict[str, Any]) -> SourceEvent:
         """`validate_event` with a fast path for the common case of a valid event."""
+        check_structure(data, max_depth=self._max_event_depth, source=route.name)
         event_type = data.get("event_type") or data.get("event")
         model = route.models.get(event_type) if type(event_type) is str else None
         if model is not None:
@@ -443,16 +489,13 @@ class TelemetryProducer:
                 return model.__pydantic_validator__.validate_python(data)
             except ValidationError:
                 pass  # validate_event below raises with the full, clear reason
-        return validate_event(route.source, data)
+        return validate_event(route.source, data, max_depth=self._max_event_depth)
 
     def _dlq_record(
         self, raw: bytes, source: str | None, reason: str, fields: dict[str, Any]
     ) -> SpoolRecord:
         fields = {k: v for k, v in fields.items() if v is not None}
         fields.setdefault("stage", self.stage)
-        if len(raw) > DEAD_LETTER_MAX_BYTES:  # keep the head; the size says what was cut
-            fields["original_size"] = len(raw)
-            raw = raw[:DEAD_LETTER_MAX_BYTES]
         letter = DeadLetter.from_bytes(raw, source=source, error=reason, **fields)
         event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, letter.original_b64 + reason))
         self.metrics.dead_lettered.labels(source or "unknown", str(fields["stage"])).inc()

@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry
 
 from learnstream.settings import Settings
 from schemas.base import Source, SourceEvent
+from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.errors import EventError
 from schemas.parsing import parse_event, parse_source
 from streams.producers.ids import IDENTITY_BYTES, derive_event_id, file_identity
@@ -56,7 +57,7 @@ log = logging.getLogger("learnstream.tailer")
 CHUNK_LINES = 1000
 CHUNK_BYTES = 1024 * 1024
 ROTATE_GRACE_S = 1.0
-DLQ_PREFIX_BYTES = 64 * 1024  # raw bytes kept in the dead letter of an oversized line
+DLQ_PREFIX_BYTES = DEAD_LETTER_MAX_BYTES  # an oversized line keeps its head (schemas.dlq)
 CHECKPOINT_VERSION = 1
 STAGE = "tailer"
 

@@ -295,6 +295,46 @@ def test_mixed_batch_accepts_valid_lines_and_dead_letters_the_rest(
     assert original == missing_prompt
 
 
+def test_hostile_lines_are_rejected_per_line_and_their_batch_mates_accepted(
+    gateway: Gateway, unique: str
+) -> None:
+    good = [event("aidb", "query", session_id=unique, query=f"q{n}") for n in range(2)]
+    nested = '{"event_type": "query", "session_id": "' + unique + '", "ctx": '
+    deep = nested + "[" * 300 + "]" * 300 + "}"
+    surrogate = json.dumps({**event("aidb", "query", session_id=unique), "note": "\ud800"})
+    nul = json.dumps({**event("aidb", "query", session_id=unique), "query": "a\x00b"})
+    resp = gateway.post("aidb", lines(good[0], deep, surrogate, nul, good[1]), content_type=NDJSON)
+    assert resp.status == 422, resp.body
+    out = resp.json()
+    assert (out["accepted"], out["rejected"]) == (2, 3)
+    errors = [r.get("error", "") for r in out["results"]]
+    assert "nests deeper than 64 levels" in errors[1]
+    assert "lone surrogate" in errors[2] and "'note'" in errors[2]
+    assert "NUL character" in errors[3] and "'query'" in errors[3]
+    ids = {r["event_id"] for r in out["results"] if r["status"] == "accepted"}
+    assert {r.headers["event_id"].decode() for r in on_topic(gateway, "aidb", ids)} == ids
+    letters = dead_letters(gateway, unique, 3)
+    assert sorted(d["error_kind"] for d in letters) == ["invalid_text", "invalid_text", "too_deep"]
+
+
+def test_an_idempotency_key_gives_a_retried_request_the_same_ids(
+    gateway: Gateway, unique: str
+) -> None:
+    body = lines(*(event("aidb", "query", session_id=unique, query=f"q{n}") for n in range(3)))
+
+    def post(key: str) -> list[str]:
+        headers = {"Content-Type": NDJSON, "Idempotency-Key": key}
+        resp = gateway.request("POST", "/v1/events/aidb", body, headers)
+        assert resp.status == 202, resp.body
+        return list(resp.json()["event_ids"])
+
+    first, retry, other = post(f"req-{unique}"), post(f"req-{unique}"), post(f"other-{unique}")
+    assert first == retry and len(set(first)) == 3
+    assert not set(other) & set(first)
+    records = on_topic(gateway, "aidb", set(first), settle=1.0)
+    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(first * 2)
+
+
 def test_malformed_json_line(gateway: Gateway, unique: str) -> None:
     good = event("aidb", "cache_hit", session_id=unique)
     broken = '{"event_type": "cache_hit", "query": "' + unique + '", '

@@ -352,3 +352,55 @@ def test_oversized_event_is_dead_lettered_with_its_size(
     assert "over the limit of 4096 bytes" in letters[0]["error"]
     assert json.loads(base64.b64decode(letters[0]["original_b64"]))["response"] == "x" * 10_000
     assert [r.topic for r in got if r.topic == "telemetry.aidb"] == ["telemetry.aidb"]
+
+
+def _deep(levels: int) -> dict[str, object]:
+    node: dict[str, object] = {"leaf": 1}
+    for _ in range(levels):
+        node = {"n": node}
+    return node
+
+
+def test_hostile_emits_become_dead_letters_and_the_worker_goes_on(
+    kafka_broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """Deep nesting, unstorable text, not-a-dict: each a dead letter with its reason; the valid
+    events emitted between them all arrive, and close() is quick (the worker thread lives)."""
+    registry = CollectorRegistry()
+    bootstrap = kafka_broker.bootstrap_servers
+    hostile: list[tuple[object, str]] = [
+        (event("vscode", "completion", context=_deep(5000)), "nests deeper than 64 levels"),
+        (event("vscode", "completion", context=_deep(300)), "nests deeper than 64 levels"),
+        (event("vscode", "completion", note="bad \ud800 text"), "lone surrogate (\\ud800)"),
+        (event("vscode", "completion", response="a\x00b"), "NUL character"),
+        (b'{"event_type": "completion"}', "not bytes"),
+        ("a string", "not str"),
+        ([1, 2, 3], "not list"),
+    ]
+    with TelemetryProducer("vscode", _settings(bootstrap, tmp_path), registry=registry) as p:
+        ids, valid = [], []
+        for payload, _ in hostile:
+            valid.append(p.emit(event("vscode", "completion", response="fine")))
+            ids.append(p.emit(payload))  # type: ignore[arg-type]
+        valid.append(p.emit(event("vscode", "completion", response="last")))
+        assert p.flush(15) == 0
+        started = time.monotonic()
+    assert time.monotonic() - started < 10  # close() did not wait on a dead worker
+    want = set(ids) | set(valid)
+    got = consume(
+        bootstrap,
+        ["telemetry.dlq", "telemetry.vscode"],
+        keep=lambda r: (
+            (r.headers.get("event_id") or b"").decode() in want
+            or (r.topic == "telemetry.dlq" and r.json().get("event_id") in want)
+        ),
+        until=lambda kept: len(kept) >= len(want),
+    )
+    arrived = {r.headers["event_id"].decode() for r in got if r.topic == "telemetry.vscode"}
+    assert arrived == set(valid)
+    letters = {r.json()["event_id"]: r.json() for r in got if r.topic == "telemetry.dlq"}
+    assert set(letters) == set(ids)
+    for event_id, (_, reason) in zip(ids, hostile, strict=True):
+        letter = letters[event_id]
+        assert reason.removeprefix("not ") in letter["error"], letter["error"]
+        assert letter["original_size"] == len(base64.b64decode(letter["original_b64"]))
