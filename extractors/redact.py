@@ -1,245 +1,26 @@
-"""Secret redaction, applied to every candidate before it is stored or sent to an LLM.
+"""Secret redaction of candidates and patterns: `schemas.redact` (one implementation for the
+SDK, the score stage and the extractors), under the name the extractors have always used."""
 
-Each secret is replaced by ``[REDACTED:<kind>]``. Kinds: ``private_key`` (PEM blocks), ``jwt``,
-``url_password`` (``scheme://user:pass@host``; the user is kept), ``api_key`` (``sk-...``),
-``github_token``, ``aws_access_key``, ``slack_token``, ``google_api_key``, ``bearer_token``,
-``basic_auth``, and for ``name=value`` / ``name: value`` / ``"name": "value"`` assignments
-whose name ends in password, secret, token, api key, ...: ``password``, ``token``,
-``api_key`` or ``secret``. Assignments whose value is plainly code (a call, an attribute, an
-environment variable, a type name such as ``str``) are left alone, so code examples stay usable.
-"""
+from schemas.redact import (
+    MARK,
+    may_hold_secret,
+    redact,
+    redact_candidate,
+    redact_data,
+    redact_interaction,
+    redact_json,
+    redact_pattern,
+    redact_with_counts,
+)
 
-from __future__ import annotations
-
-import re
-from collections import Counter
-from collections.abc import Callable
-from typing import Any
-
-from schemas.interaction import ScoredInteraction
-from schemas.pattern import Pattern
-
-MARK = "[REDACTED:{}]"
-
-
-def _mark(kind: str) -> str:
-    return MARK.format(kind)
-
-
-# (kind, pattern, replacement); applied in order.
-_SIMPLE: list[tuple[str, re.Pattern[str], str]] = [
-    (
-        "private_key",
-        re.compile(
-            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?"
-            r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
-            re.DOTALL,
-        ),
-        _mark("private_key"),
-    ),
-    (
-        "jwt",
-        re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-        _mark("jwt"),
-    ),
-    (
-        "url_password",
-        re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/@?#\[\]]*):([^\s/@?#\[][^\s/@?#]*)@"),
-        r"\1:" + _mark("url_password") + "@",
-    ),
-    (
-        "api_key",
-        re.compile(r"(?<![A-Za-z0-9_-])sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{16,}"),
-        _mark("api_key"),
-    ),
-    (
-        "github_token",
-        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
-        _mark("github_token"),
-    ),
-    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), _mark("aws_access_key")),
-    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), _mark("slack_token")),
-    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), _mark("google_api_key")),
-    (
-        "bearer_token",
-        re.compile(r"\b([Bb]earer|BEARER)\s+[A-Za-z0-9._~+/-]{8,}=*"),
-        r"\1 " + _mark("bearer_token"),
-    ),
-    (
-        "basic_auth",
-        re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic)\s+[A-Za-z0-9+/]{6,}=*"),
-        r"\1 " + _mark("basic_auth"),
-    ),
+__all__ = [
+    "MARK",
+    "may_hold_secret",
+    "redact",
+    "redact_candidate",
+    "redact_data",
+    "redact_interaction",
+    "redact_json",
+    "redact_pattern",
+    "redact_with_counts",
 ]
-
-_ASSIGN = re.compile(
-    r"""(?ix)
-    (?P<name>(?<![\w.-])[\w.-]*?
-        (?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key
-          |private[_-]?key|secret[_-]?key|signing[_-]?key|client[_-]?secret|auth[_-]?key))
-    (?P<sep>["']?\s*(?::|=|:=)\s*)
-    (?:
-        (?P<q>["'])(?P<qval>[^"'\n]{1,512})(?P=q)
-      | (?P<val>[^\s"'&,;)}\]<>]+)
-    )
-    """
-)
-_CODE_VALUE = re.compile(
-    r"""(?x)^(?:
-        [A-Za-z_][\w]*\(.*                            # a call
-      | (?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*(?:\(.*|\[.*)?  # an attribute (or call, subscript)
-      | [A-Za-z_]\w*\[.*                              # a subscript
-      | \$\{?[A-Za-z_]\w*\}?                          # an environment variable
-      | \$?\{\{.*                                     # a template expression
-      | %\(?\w*\)?s | \{\w*\}                         # a format placeholder
-      | \*+ | x{3,} | \.{3} | <[^>]*>                 # already masked or a placeholder
-    )$"""
-)
-_CODE_WORDS = frozenset(
-    {
-        "none",
-        "null",
-        "nil",
-        "true",
-        "false",
-        "str",
-        "string",
-        "bytes",
-        "int",
-        "bool",
-        "secretstr",
-        "optional",
-        "required",
-        "undefined",
-        "any",
-        "self",
-        "env",
-        "os",
-        # prose: "the token: is ...", "password: must ..."
-        "is",
-        "are",
-        "was",
-        "the",
-        "a",
-        "an",
-        "and",
-        "or",
-        "to",
-        "of",
-        "in",
-        "for",
-        "with",
-        "from",
-        "must",
-        "should",
-        "will",
-        "can",
-    }
-)
-
-
-def _assign_kind(name: str) -> str:
-    low = name.lower()
-    if "pass" in low or "pwd" in low:
-        return "password"
-    if "token" in low:
-        return "token"
-    if "api" in low or "access" in low:
-        return "api_key"
-    return "secret"
-
-
-def _looks_like_code(value: str) -> bool:
-    return (
-        value.lower() in _CODE_WORDS
-        or value.startswith("[REDACTED")
-        or bool(_CODE_VALUE.match(value))
-        or (value.isdigit() and len(value) < 4)
-    )
-
-
-def redact_with_counts(text: str) -> tuple[str, Counter[str]]:
-    """``text`` with secrets replaced, and how many of each kind were replaced."""
-    counts: Counter[str] = Counter()
-    for kind, pattern, replacement in _SIMPLE:
-        text, n = pattern.subn(replacement, text)
-        if n:
-            counts[kind] += n
-
-    def _assignment(m: re.Match[str]) -> str:
-        quoted = m.group("qval")
-        value = quoted if quoted is not None else m.group("val")
-        if value is None or _looks_like_code(value.strip()):
-            return m.group(0)
-        kind = _assign_kind(m.group("name"))
-        counts[kind] += 1
-        q = m.group("q") or ""
-        return f"{m.group('name')}{m.group('sep')}{q}{_mark(kind)}{q}"
-
-    text = _ASSIGN.sub(_assignment, text)
-    return text, counts
-
-
-def redact(text: str) -> str:
-    """``text`` with every recognized secret replaced by ``[REDACTED:<kind>]``."""
-    return redact_with_counts(text)[0]
-
-
-def _redact_value(value: Any, fn: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, list):
-        return [_redact_value(v, fn) for v in value]
-    if isinstance(value, dict):
-        return {k: _redact_value(v, fn) for k, v in value.items()}
-    return value
-
-
-def redact_candidate(
-    candidate: ScoredInteraction, counts: Counter[str] | None = None
-) -> ScoredInteraction:
-    """A copy of ``candidate`` whose query, response and raw payload strings are redacted.
-
-    ``counts``, when given, is increased by the redactions made, per kind.
-    """
-    tally: Counter[str] = Counter()
-
-    def fn(text: str) -> str:
-        out, n = redact_with_counts(text)
-        tally.update(n)
-        return out
-
-    i = candidate.interaction
-    interaction = i.model_copy(
-        update={
-            "query": fn(i.query) if i.query is not None else None,
-            "response": fn(i.response) if i.response is not None else None,
-            "payload": _redact_value(i.payload, fn),
-        }
-    )
-    if counts is not None:
-        counts.update(tally)
-    return candidate.model_copy(update={"interaction": interaction})
-
-
-def redact_pattern(pattern: Pattern, counts: Counter[str] | None = None) -> Pattern:
-    """A copy of ``pattern`` with every text field redacted (a second line of defence)."""
-    tally: Counter[str] = Counter()
-
-    def fn(text: str) -> str:
-        out, n = redact_with_counts(text)
-        tally.update(n)
-        return out
-
-    update: dict[str, Any] = {
-        "name": fn(pattern.name),
-        "description": fn(pattern.description),
-        "prerequisites": [fn(s) for s in pattern.prerequisites],
-        "steps": [fn(s) for s in pattern.steps],
-        "tags": [fn(s) for s in pattern.tags],
-        "example": fn(pattern.example) if pattern.example is not None else None,
-        "source_query": fn(pattern.source_query) if pattern.source_query is not None else None,
-    }
-    if counts is not None:
-        counts.update(tally)
-    return pattern.model_copy(update=update)

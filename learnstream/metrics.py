@@ -81,6 +81,7 @@ class StreamMetrics(MetricSet):
     events_consumed: Counter
     events_invalid: Counter
     dead_letters: Counter
+    secrets_redacted: Counter
     value_score: Histogram
     factor: Histogram
     high_value: Counter
@@ -108,6 +109,12 @@ class StreamMetrics(MetricSet):
             events_invalid=Counter(
                 p + "events_invalid",
                 "Telemetry events that failed validation",
+                ["source", "kind"],
+                registry=r,
+            ),
+            secrets_redacted=Counter(
+                p + "score_secrets_redacted",
+                "Secrets the score stage replaced before storing or forwarding, per kind",
                 ["source", "kind"],
                 registry=r,
             ),

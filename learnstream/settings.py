@@ -109,6 +109,11 @@ class ScoreSettings(Group):
 
     weights: ScoreWeights = Field(default_factory=ScoreWeights)
     threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    redact: bool = Field(
+        default=True,
+        description="Redact every interaction before the history, PostgreSQL and the "
+        "downstream topics (a second line of defence behind producers that do not).",
+    )
     batch_size: int = Field(default=64, ge=1, description="Events scored per batch at most.")
     batch_within_ms: int = Field(
         default=100, ge=1, description="Longest wait to fill a batch (bounds added latency)."
@@ -169,6 +174,11 @@ class ProducerSettings(Group):
 
     spool_dir: Path | None = Field(default=None, description="Unset: <data dir>/spool.")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    redact: bool = Field(
+        default=True,
+        description="Replace secrets (keys, tokens, passwords, private keys) in every event "
+        "by [REDACTED:<kind>] before it is sent; dead letters keep their original bytes.",
+    )
     linger_ms: int = Field(default=5, ge=0)
     delivery_timeout_ms: int = Field(
         default=30_000, ge=500, description="After this, an undelivered event goes to the spool."

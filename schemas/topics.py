@@ -55,7 +55,9 @@ PATTERNS_CANDIDATES = TopicSpec(
 PATTERNS_LEARNED = TopicSpec("patterns.learned", "pattern_id", "LearnedPattern", 3, FOREVER)
 TRAINING_TRIGGERS = TopicSpec("training.triggers", "base_model", "TrainingTrigger", 1, 90 * DAY_MS)
 TRAINING_RESULTS = TopicSpec("training.results", "base_model", "TrainingResult", 1, FOREVER)
-DLQ = TopicSpec("telemetry.dlq", "original key", "DeadLetter", 3, 30 * DAY_MS)
+# Dead letters keep their original bytes (secrets included, so that a fixed pipeline can
+# replay them): a short retention.
+DLQ = TopicSpec("telemetry.dlq", "original key", "DeadLetter", 3, 7 * DAY_MS)
 
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec

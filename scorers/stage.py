@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from schemas.dlq import DeadLetter
 from schemas.errors import EventError
 from schemas.interaction import Interaction, ScoredInteraction
 from schemas.parsing import parse_event
+from schemas.redact import redact_interaction
 from scorers.embeddings import Embedder
 from scorers.normalize import normalize
 from scorers.score import Lookups, score_interaction
@@ -146,6 +148,11 @@ class ScoringStage:
                 if event.event_id is None:
                     event = event.model_copy(update={"event_id": record_event_id(rec)})
                 interaction = normalize(event)
+                if self.settings.score.redact:
+                    found: Counter[str] = Counter()
+                    interaction = redact_interaction(interaction, found)
+                    for kind, n in found.items():
+                        self.metrics.secrets_redacted.labels(source, kind).inc(n)
             except EventError as exc:
                 reason, kind, event_type = exc.reason, exc.kind, exc.event_type
             except ValueError as exc:  # the normalizer refused a valid event

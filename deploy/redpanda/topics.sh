@@ -14,4 +14,4 @@ rpk topic create patterns.candidates -p 3 -r "$REPLICAS" -c cleanup.policy=delet
 rpk topic create patterns.learned -p 3 -r "$REPLICAS" -c cleanup.policy=delete -c retention.ms=-1 --if-not-exists
 rpk topic create training.triggers -p 1 -r "$REPLICAS" -c cleanup.policy=delete -c retention.ms=7776000000 --if-not-exists
 rpk topic create training.results -p 1 -r "$REPLICAS" -c cleanup.policy=delete -c retention.ms=-1 --if-not-exists
-rpk topic create telemetry.dlq -p 3 -r "$REPLICAS" -c cleanup.policy=delete -c retention.ms=2592000000 --if-not-exists
+rpk topic create telemetry.dlq -p 3 -r "$REPLICAS" -c cleanup.policy=delete -c retention.ms=604800000 --if-not-exists

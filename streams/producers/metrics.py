@@ -20,6 +20,7 @@ class ProducerMetrics(MetricSet):
     spool_rejected: Counter
     dead_lettered: Counter
     possibly_duplicated: Counter
+    secrets_redacted: Counter
     spool_bytes: Gauge
     spool_records: Gauge
 
@@ -28,6 +29,12 @@ class ProducerMetrics(MetricSet):
         p = "learnstream_producer_"
         return cls(
             emitted=Counter(p + "emitted", "Events handed to emit()", ["source"], registry=r),
+            secrets_redacted=Counter(
+                p + "secrets_redacted",
+                "Secrets replaced by [REDACTED:<kind>] before sending, per kind",
+                ["source", "kind"],
+                registry=r,
+            ),
             delivered=Counter(
                 p + "delivered", "Records acknowledged by the broker", ["source"], registry=r
             ),

@@ -25,6 +25,7 @@ import reprlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,7 @@ from schemas.dlq import DeadLetter
 from schemas.errors import EventError
 from schemas.events import EVENT_MODELS
 from schemas.parsing import check_structure, parse_event, parse_source, validate_event
+from schemas.redact import redact_json
 from schemas.topics import DLQ, telemetry_topic
 from streams.producers.metrics import ProducerMetrics
 from streams.producers.spool import Spool, SpoolRecord
@@ -204,6 +206,7 @@ class TelemetryProducer:
         self._timeout_s = ps.delivery_timeout_ms / 1000
         self._max_event_bytes = self.settings.max_event_bytes
         self._max_event_depth = self.settings.max_event_depth
+        self._redact = ps.redact
         conf = client_config(
             self.settings,
             **{
@@ -440,6 +443,11 @@ class TelemetryProducer:
                 value = _serialized(
                     lambda: pydantic_core.to_json(data), item.source.value, event.event_type
                 )
+            if self._redact:
+                found: Counter[str] = Counter()
+                value = redact_json(value, found)
+                for kind, n in found.items():
+                    self.metrics.secrets_redacted.labels(item.source.value, kind).inc(n)
             limit = self._max_event_bytes
             if len(value) > limit:
                 raise EventError(

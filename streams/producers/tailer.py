@@ -462,6 +462,7 @@ class FileTailer:
 
     def _oversized(self, prefix: bytes, offset: int, number: int, end: int) -> None:
         size = end - offset
+        prefix = prefix[:size]  # a prefix read ahead may run past the line's end
         reason = (
             f"{self.path} line {number}: event is {size} bytes, over the limit of "
             f"{self.max_bytes} bytes (LEARNSTREAM_MAX_EVENT_BYTES); "

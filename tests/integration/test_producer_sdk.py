@@ -404,3 +404,41 @@ def test_hostile_emits_become_dead_letters_and_the_worker_goes_on(
         letter = letters[event_id]
         assert reason.removeprefix("not ") in letter["error"], letter["error"]
         assert letter["original_size"] == len(base64.b64decode(letter["original_b64"]))
+
+
+def test_events_are_redacted_before_they_are_sent_unless_turned_off(
+    kafka_broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    from tests.secrets_corpus import SECRETS
+
+    bootstrap = kafka_broker.bootstrap_servers
+    registry = CollectorRegistry()
+    with TelemetryProducer("vscode", _settings(bootstrap, tmp_path), registry=registry) as p:
+        ids = {
+            p.emit(event("vscode", "completion", response=text, context={"env": text}))
+            for text, _, _ in SECRETS
+        }
+        assert p.flush(15) == 0
+    plain = load_settings(
+        data_dir=tmp_path / "plain",
+        kafka={"bootstrap_servers": bootstrap},
+        producer={"redact": False},
+    )
+    with TelemetryProducer("vscode", plain, registry=CollectorRegistry()) as p:
+        kept = p.emit(event("vscode", "completion", response=SECRETS[0][0]))
+        assert p.flush(15) == 0
+    got = consume(
+        bootstrap,
+        ["telemetry.vscode"],
+        keep=lambda r: (r.headers.get("event_id") or b"").decode() in ids | {kept},
+        until=lambda k: len(k) >= len(ids) + 1,
+    )
+    by_id = {r.headers["event_id"].decode(): r.value.decode() for r in got}
+    assert set(by_id) == ids | {kept}
+    for event_id in ids:
+        value = by_id[event_id]
+        assert "[REDACTED:" in value and not any(s in value for _, s, _ in SECRETS), value
+        assert parse_event("vscode", value).event_id == event_id  # still a valid event
+    assert SECRETS[0][1] in by_id[kept]
+    assert _value(registry, "learnstream_producer_secrets_redacted_total", source="vscode",
+                  kind="private_key") == 2  # fmt: skip

@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from collections import Counter
 
-from extractors.redact import redact, redact_candidate, redact_with_counts
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extractors.redact import redact, redact_candidate, redact_json, redact_with_counts
+from schemas.redact import _redact_all
+from tests.secrets_corpus import JWT, SECRETS
 from tests.unit.test_extract_support import candidate
 
-PEM = (
-    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx4\nabcDEF123==\n"
-    "-----END RSA PRIVATE KEY-----"
-)
-JWT = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
-    "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
-)
 
-
-@pytest.mark.parametrize(
-    ("text", "secret", "kind"),
-    [
-        ("export OPENAI_API_KEY=sk-proj-abcdefghijklmnop1234567890", "sk-proj-abc", "api_key"),
-        ("key sk-ant-api03-AAAAAAAAAAAAAAAAAAAAAA", "sk-ant-api03", "api_key"),
-        ("git clone with ghp_abcdefghijklmnopqrstuvwxyz0123456789", "ghp_", "github_token"),
-        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv", "github_pat_", "github_token"),
-        ("aws_access_key_id AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
-        ("curl -H 'Authorization: Bearer abc123def456ghi789'", "abc123def456", "bearer_token"),
-        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpw", "basic_auth"),
-        ("connect with password=hunter2 now", "hunter2", "password"),
-        ("DB_PASSWORD: 'correct horse battery'", "correct horse", "password"),
-        ('{"token": "abc123tokenvalue"}', "abc123tokenvalue", "token"),
-        ("https://example.com/cb?token=9f8e7d6c5b4a", "9f8e7d6c5b4a", "token"),
-        ("postgresql://admin:s3cr3t@db.local:5432/app", "s3cr3t", "url_password"),
-        ("redis://:p4ssw0rd@cache:6379/0", "p4ssw0rd", "url_password"),
-        (PEM, "MIIEowIBAAKCAQEAx4", "private_key"),
-        (f"session {JWT} expired", "eyJhbGci", "jwt"),
-        ("SECRET_KEY = 'django-insecure-abc'", "django-insecure", "secret"),
-        ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG", "wJalrXUtnFEMI", "api_key"),
-        ("slack xoxb-1234567890-abcdefghij", "xoxb-1234567890", "slack_token"),
-    ],
-)
+@pytest.mark.parametrize(("text", "secret", "kind"), SECRETS)
 def test_secrets_are_replaced_by_their_kind(text: str, secret: str, kind: str) -> None:
     out, counts = redact_with_counts(text)
     assert secret not in out
@@ -90,3 +66,28 @@ def test_redact_candidate_covers_query_response_and_payload() -> None:
     assert r.interaction.payload["n"] == 3
     assert counts == Counter({"password": 1, "bearer_token": 1, "api_key": 1})
     assert "hunter2" in c.model_dump_json()  # the original is untouched
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(st.text(max_size=12), st.sampled_from([t for t, _, _ in SECRETS])), max_size=5
+    )
+)
+def test_the_prefilter_never_hides_a_secret(parts: list[str]) -> None:
+    text = " ".join(parts)
+    assert redact_with_counts(text) == _redact_all(text)
+
+
+@pytest.mark.parametrize(("text", "secret", "kind"), SECRETS)
+def test_json_documents_are_redacted_and_stay_json(text: str, secret: str, kind: str) -> None:
+    doc = {"event_type": "completion", "response": text, "context": {"env": [text]}}
+    for raw in (json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False).encode()):
+        counts: Counter[str] = Counter()
+        out = redact_json(raw, counts)
+        assert secret not in out.decode()
+        back = json.loads(out)
+        assert back["event_type"] == "completion" and set(back) == set(doc)
+        assert counts[kind] >= 2
+    clean = json.dumps({"event_type": "completion", "response": "no secrets here"}).encode()
+    assert redact_json(clean) is clean

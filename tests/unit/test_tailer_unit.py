@@ -10,6 +10,7 @@ import pytest
 
 from learnstream.settings import load_settings
 from schemas.base import Source, SourceEvent
+from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from streams.producers.ids import derive_event_id, file_identity
 from streams.producers.sender import read_lines, send_lines
 from streams.producers.tailer import Checkpoint, FileTailer, _flush_and_checkpoint, read_identity
@@ -156,8 +157,9 @@ def test_oversized_lines_are_dead_lettered_with_a_prefix(
     assert producer.ids == [ids_for(data, huge)[1], ids_for(data, huge)[3]]
     assert [d[2]["line_number"] for d in producer.dead] == [1, 3]
     assert all(d[2]["error_kind"] == "oversized" for d in producer.dead)
-    assert all(len(d[0]) <= 64 * 1024 and huge.startswith(d[0]) for d in producer.dead)
-    assert all(len(d[0]) == 64 * 1024 for d in producer.dead)
+    # The whole line is kept: it is under the one dead-letter cap (schemas.dlq).
+    assert len(huge) < DEAD_LETTER_MAX_BYTES
+    assert all(huge.startswith(d[0]) and len(d[0]) >= len(huge) - 1 for d in producer.dead)
     assert "event is 100009 bytes, over the limit of 4096 bytes" in producer.dead[0][1]
     assert tailer.position == len(data)
     with path.open("rb") as f:
