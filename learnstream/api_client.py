@@ -38,10 +38,13 @@ def get_json(settings: Settings, path: str, url: str | None = None) -> Any:
 
 def post_json(settings: Settings, path: str, body: Any, url: str | None = None) -> Any:
     """POST a JSON body to the worker and return its JSON answer."""
+    headers = {"Content-Type": "application/json"}
+    if settings.worker.token is not None:
+        headers["Authorization"] = f"Bearer {settings.worker.token.get_secret_value()}"
     request = urllib.request.Request(
         worker_url(settings, url) + path,
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
     return _call(request)

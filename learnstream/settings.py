@@ -198,7 +198,15 @@ class WorkerSettings(Group):
     web_port: int = Field(
         default=6066, ge=0, le=65535, description="Web server: /metrics, /healthz, /api/v1/..."
     )
-    web_bind: str = Field(default="0.0.0.0", description="Address the web server listens on.")
+    web_bind: str = Field(
+        default="127.0.0.1",
+        description="Address the web server listens on (0.0.0.0 in containers, for scrapes).",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the mutating endpoints (POST /api/v1/improvement/trigger); "
+        "unset: only clients on loopback may POST.",
+    )
     extract: bool = Field(default=True, description="Run the `extract` agent in this worker.")
     triggers: bool = Field(default=True, description="Run the `triggers` agent in this worker.")
     create_topics: bool = Field(

@@ -21,6 +21,8 @@ that owns the base model's partition; others redirect there or say they do not h
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import uuid
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import LearnedPattern
@@ -58,6 +60,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("learnstream.triggers")
 M = TypeVar("M", bound=BaseModel)
 JSON = b"application/json"
+
+
+def refuse_mutation(
+    token: SecretStr | None, authorization: str | None, remote: str | None
+) -> tuple[int, str] | None:
+    """Why a mutating request may not proceed, as (HTTP status, error), or None if it may.
+
+    With a token set, the request needs ``Authorization: Bearer <token>``; without one, it
+    must come from loopback, so that no other host can start a training run.
+    """
+    if token is not None:
+        want = f"Bearer {token.get_secret_value()}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), want):
+            return 401, "a valid 'Authorization: Bearer <LEARNSTREAM_WORKER__TOKEN>' is needed"
+        return None
+    try:
+        loopback = remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return 403, "only loopback clients may POST here unless LEARNSTREAM_WORKER__TOKEN is set"
+    return None
 
 
 def _now() -> datetime:
@@ -254,6 +278,11 @@ def register_api(
             return self.json({"error": "use POST"}, status=405)
 
         async def post(self, request: Any) -> Any:
+            refused = refuse_mutation(
+                settings.worker.token, request.headers.get("Authorization"), request.remote
+            )
+            if refused is not None:
+                return self.json({"error": refused[1]}, status=refused[0])
             try:
                 body = await request.json() if request.can_read_body else {}
             except ValueError:

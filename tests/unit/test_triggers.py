@@ -211,3 +211,31 @@ def test_results_are_stamped_with_the_time_they_arrive() -> None:
         T0 + timedelta(hours=1),
         res,
     )
+
+
+def test_mutating_endpoints_need_the_token_or_loopback() -> None:
+    from pydantic import SecretStr
+
+    from learnstream.settings import load_settings
+    from streams.agents.triggers import refuse_mutation
+
+    assert load_settings().worker.web_bind == "127.0.0.1"
+    token = SecretStr("s3cret")
+    assert refuse_mutation(token, "Bearer s3cret", "10.1.2.3") is None
+    assert refuse_mutation(token, "Bearer wrong", "127.0.0.1") == (401, ANY_REASON)
+    assert refuse_mutation(token, None, "127.0.0.1") == (401, ANY_REASON)
+    assert refuse_mutation(None, None, "127.0.0.1") is None
+    assert refuse_mutation(None, None, "::1") is None
+    assert refuse_mutation(None, None, "10.1.2.3") == (403, ANY_REASON)
+    assert refuse_mutation(None, None, None) == (403, ANY_REASON)
+    assert refuse_mutation(None, None, "not-an-ip") == (403, ANY_REASON)
+
+
+class _AnyReason(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and "LEARNSTREAM_WORKER__TOKEN" in other
+
+    __hash__ = str.__hash__
+
+
+ANY_REASON = _AnyReason()
