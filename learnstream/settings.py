@@ -222,6 +222,21 @@ class GatewaySettings(Group):
     port: int = Field(default=8088, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     token: SecretStr | None = Field(default=None, description="Bearer token; unset: no auth.")
+    request_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A request (line, headers and body) must arrive within this many seconds "
+        "of its first byte; slower clients are disconnected.",
+    )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="A keep-alive connection idle this long is closed."
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=2,
+        description="Open connections at most; at the limit the oldest connection not inside a "
+        "request is closed to make room (a request in progress is never cut).",
+    )
 
 
 class Settings(BaseSettings):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import logging
 import signal
@@ -69,8 +70,7 @@ NDJSON_TYPES = frozenset(
         "application/jsonlines",
     }
 )
-IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection (or a stalled body) is closed after this
-MAX_CONNECTIONS = 512  # open connections at once; more are answered 503
+IDLE_TIMEOUT_S = 60.0  # default of LEARNSTREAM_GATEWAY__IDLE_TIMEOUT_S
 DLQ_KEEP_BYTES = DEAD_LETTER_MAX_BYTES  # an oversized line keeps its head (schemas.dlq)
 SKIP_BODY_BYTES = 65_536  # an unread body up to this size is skipped to keep the connection
 LINGER_S = 2.0  # after refusing an unread body, read and drop input this long before closing
@@ -87,6 +87,8 @@ class GatewayMetrics(MetricSet):
     requests: Counter
     events_accepted: Counter
     events_rejected: Counter
+    connections_evicted: Counter
+    requests_timed_out: Counter
     latency: Histogram
 
     @classmethod
@@ -106,6 +108,16 @@ class GatewayMetrics(MetricSet):
                 p + "events_rejected",
                 "Events rejected (answered 422 and dead-lettered)",
                 ["source", "kind"],
+                registry=r,
+            ),
+            connections_evicted=Counter(
+                p + "connections_evicted",
+                "Connections closed at the connection limit to make room (idle or slow)",
+                registry=r,
+            ),
+            requests_timed_out=Counter(
+                p + "requests_timed_out",
+                "Requests cut off for not arriving within LEARNSTREAM_GATEWAY__REQUEST_TIMEOUT_S",
                 registry=r,
             ),
             latency=Histogram(
@@ -172,6 +184,49 @@ def split_events(body: bytes, content_type: str) -> list[tuple[int, bytes]]:
     return out
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket reader that gives each request a total deadline from its first byte.
+
+    Waiting for a request's first byte may take ``idle_s``; from then on its line, headers
+    and body must all arrive within ``total_s``, whatever the pace of the bytes (a client
+    trickling a byte every few seconds is cut off, not kept forever).
+    """
+
+    def __init__(self, sock: socket.socket, *, idle_s: float, total_s: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.idle_s = idle_s
+        self.total_s = total_s
+        self.started: float | None = None
+
+    def next_request(self) -> None:
+        """The next read waits for a new request (idle timeout)."""
+        self.started = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.started is None:
+            self.sock.settimeout(self.idle_s)
+        else:
+            left = self.started + self.total_s - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"request not complete within {self.total_s:g} s")
+            self.sock.settimeout(left)
+        try:
+            n = self.sock.recv_into(buffer)
+        except TimeoutError:
+            if self.started is not None:
+                raise TimeoutError(f"request not complete within {self.total_s:g} s") from None
+            raise
+        finally:
+            self.sock.settimeout(self.idle_s)  # writes get the idle timeout
+        if n and self.started is None:
+            self.started = time.monotonic()
+        return n
+
+
 def idempotent_id(key: str, source: Source, line: int) -> str:
     """The event id of line ``line`` of a request sent with ``Idempotency-Key: key``."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"learnstream:{source.value}:{key}:{line}"))
@@ -186,6 +241,7 @@ class GatewayServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # listen backlog (socketserver's 5 refuses bursts of clients)
 
     def __init__(
         self,
@@ -206,7 +262,8 @@ class GatewayServer(ThreadingHTTPServer):
         self._lock = threading.Condition()
         self._inflight = 0
         self._stopping = False
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, float] = {}  # connection -> accepted at
+        self._busy: set[socket.socket] = set()  # connections inside a request
         self._serving = threading.Event()
         self._closed = False
         super().__init__(address, GatewayHandler)
@@ -287,11 +344,24 @@ class GatewayServer(ThreadingHTTPServer):
     # --- connections ---------------------------------------------------------------------
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start a handler thread, or answer 503 when too many connections are open."""
+        """Start a handler thread. At the connection limit the oldest connection that is not
+        inside a request (idle, or still sending its headers) is closed to make room; when
+        every one is inside a request, the new one is answered 503."""
+        victim: socket.socket | None = None
         with self._lock:
-            full = len(self._connections) >= MAX_CONNECTIONS
+            full = len(self._connections) >= self.settings.gateway.max_connections
+            if full:
+                idle = [c for c in self._connections if c not in self._busy]
+                if idle:
+                    victim = min(idle, key=self._connections.__getitem__)
+                    del self._connections[victim]
+                    full = False
             if not full:
-                self._connections.add(request)
+                self._connections[request] = time.monotonic()
+        if victim is not None:
+            self.metrics.connections_evicted.inc()
+            with contextlib.suppress(OSError):
+                victim.shutdown(socket.SHUT_RDWR)
         if full:
             body = b'{"error": "too many connections; retry later"}'
             with contextlib.suppress(OSError):
@@ -309,8 +379,17 @@ class GatewayServer(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         """Forget a connection when its handler is done with it."""
         with self._lock:
-            self._connections.discard(request)
+            self._connections.pop(request, None)
+            self._busy.discard(request)
         super().shutdown_request(request)
+
+    def busy(self, connection: socket.socket, busy: bool) -> None:
+        """Mark a connection as inside a request (never evicted) or not."""
+        with self._lock:
+            if busy:
+                self._busy.add(connection)
+            else:
+                self._busy.discard(connection)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log an error that escaped a handler (never sent to the client)."""
@@ -329,7 +408,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "learnstream-gateway"
-    timeout = IDLE_TIMEOUT_S
+    timeout = IDLE_TIMEOUT_S  # until setup() hands reads to the _DeadlineReader
     # Headers and body are two writes; with Nagle on, the body waits for the client's delayed
     # ACK (about 40 ms a request on Linux).
     disable_nagle_algorithm = True
@@ -357,12 +436,24 @@ class GatewayHandler(BaseHTTPRequestHandler):
         """Not allowed anywhere."""
         self._dispatch(self._other)
 
+    def setup(self) -> None:
+        """Read through a `_DeadlineReader`: each request gets a total deadline."""
+        gateway = self.server.settings.gateway
+        super().setup()
+        self._reader = _DeadlineReader(
+            self.connection, idle_s=gateway.idle_timeout_s, total_s=gateway.request_timeout_s
+        )
+        self.rfile = io.BufferedReader(self._reader, self.rbufsize if self.rbufsize > 0 else 65536)
+
     def handle_one_request(self) -> None:
         """Serve one request; a client that resets or stalls just ends the connection."""
+        self._reader.next_request()
         try:
             super().handle_one_request()
         except (ConnectionError, TimeoutError) as exc:
             log.debug("gateway: connection from %s ended: %r", self.client_address[0], exc)
+            if isinstance(exc, TimeoutError) and self._reader.started is not None:
+                self.server.metrics.requests_timed_out.inc()
             self.close_connection = True
 
     def parse_request(self) -> bool:
@@ -372,6 +463,13 @@ class GatewayHandler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def _dispatch(self, handler: Callable[[str], None]) -> None:
+        self.server.busy(self.connection, True)
+        try:
+            self._dispatch_busy(handler)
+        finally:
+            self.server.busy(self.connection, False)
+
+    def _dispatch_busy(self, handler: Callable[[str], None]) -> None:
         started = time.perf_counter()
         path = urlsplit(self.path).path
         route = self._route_label = self._route(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -639,3 +641,55 @@ def test_cli_gateway_serves_until_sigterm(kafka_broker: BrokerUnderTest, unique:
         timeout=60,
     )
     assert len(got) == 1, out
+
+
+def test_slow_and_unauthenticated_clients_cannot_lock_out_authenticated_ones(
+    make: GatewayFactory, unique: str
+) -> None:
+    """A slowloris at the default connection limit (512): 700 clients trickle a header byte
+    every 0.5 s and reconnect when cut off. Authenticated POSTs still get through, and slow
+    clients are cut off at the request deadline."""
+    gw = make(gateway={"token": "s3cret", "request_timeout_s": 2.0})
+    address = (gw.server.host, gw.server.port)
+    stop = threading.Event()
+    cut: list[float] = []
+
+    def open_slow() -> tuple[socket.socket, float]:
+        sock = socket.create_connection(address, timeout=5)
+        sock.sendall(b"POST /v1/events/aidb HTTP/1.1\r\nHost: x\r\n")
+        sock.setblocking(False)
+        return sock, time.monotonic()
+
+    def attacker() -> None:
+        clients = [open_slow() for _ in range(700)]
+        while not stop.wait(0.5):
+            for n, (sock, opened) in enumerate(clients):
+                try:
+                    sock.send(b"X")
+                except OSError:  # cut off by the gateway: come back
+                    cut.append(time.monotonic() - opened)
+                    sock.close()
+                    with contextlib.suppress(OSError):
+                        clients[n] = open_slow()
+        for sock, _ in clients:
+            sock.close()
+
+    thread = threading.Thread(target=attacker, daemon=True)
+    thread.start()
+    try:
+        time.sleep(3.0)  # every slot is taken by now
+        answered = []
+        for n in range(10):
+            started = time.monotonic()
+            body = json.dumps(event("aidb", "query", session_id=unique, query=f"q{n}"))
+            resp = gw.post("aidb", body, token="s3cret")
+            answered.append((resp.status, round(time.monotonic() - started, 2)))
+        unauth = gw.post("aidb", body)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert [status for status, _ in answered] == [202] * 10, answered
+    assert max(took for _, took in answered) < 3.0, answered
+    assert unauth.status == 401
+    assert cut and sorted(cut)[len(cut) // 2] < 2.0 + 1.0, sorted(cut)[-5:]
+    assert gw.sample("learnstream_gateway_connections_evicted_total") > 0
