@@ -12,6 +12,7 @@ long for a socket), never on TCP.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -96,6 +97,39 @@ def _log_tail(folder: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+def _forget_dead_handles(folder: Path) -> list[int]:
+    """Drop the processes that died while attached from pgserver's list; returns their pids.
+
+    pgserver lists the processes attached to a server in ``.handle_pids.json`` and stops the
+    server when the last of them exits. One killed with -9 never removes itself, so without
+    this the server would outlive every later process (an orphaned postmaster).
+    """
+    path = folder / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, list):
+        return []
+    alive = [p for p in pids if isinstance(p, int) and _running(p)]
+    dead = [p for p in pids if p not in alive]
+    if dead:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(alive))
+        os.replace(tmp, path)
+    return dead
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def embedded_url(settings: Settings) -> str:
     """Start or attach to the embedded pgserver under ``settings.postgres_dir``; its URI.
 
@@ -126,6 +160,9 @@ def embedded_url(settings: Settings) -> str:
         ) from None
     if os.geteuid() == 0:
         _prepare_root_user(dict(os.environ))
+    dead = _forget_dead_handles(folder)
+    if dead:
+        log.info("embedded PostgreSQL: forgot %d process(es) that died attached to it", len(dead))
     pg_log = logging.getLogger("pgserver")
     pg_log.setLevel(logging.CRITICAL)  # it logs whole server logs at ERROR; we say it in one line
     try:

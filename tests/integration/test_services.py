@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,60 @@ def test_a_corrupt_embedded_postgres_gives_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, out.stderr
     assert "embedded PostgreSQL" in lines[0] and "did not start" in lines[0], lines
     assert "postgresql.conf" in lines[0] and "LEARNSTREAM_POSTGRES__URL" in lines[0], lines
+
+
+def test_a_process_killed_with_minus_9_leaves_no_postmaster_behind() -> None:
+    """The first user of the embedded PostgreSQL dies with SIGKILL; the next one exits
+    cleanly, and the server stops with it instead of running on, orphaned."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    root = Path(tempfile.mkdtemp(prefix="lsorphan"))  # outside pytest's temp root (see conftest)
+    folder = root / "pg"
+    code = (
+        "import sys, time\n"
+        "from learnstream.postgres import embedded_url\n"
+        "from learnstream.settings import load_settings\n"
+        "print(embedded_url(load_settings(postgres={'dir': sys.argv[1]})), flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+
+    def postmaster() -> int:
+        return int((folder / "postmaster.pid").read_text().split()[0])
+
+    def running(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder), "600"], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline().startswith(b"postgresql")
+        pid = postmaster()
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert running(pid)  # nobody stopped it
+        second = subprocess.run(
+            [sys.executable, "-c", code, str(folder), "0"], env=env, timeout=120, check=False
+        )
+        assert second.returncode == 0  # it attached to the running server, then exited
+        deadline = time.monotonic() + 20
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(pid), "the embedded postmaster outlived every process using it"
+    finally:
+        if first.poll() is None:
+            first.kill()
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(postmaster(), signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
