@@ -25,7 +25,7 @@ from learnstream.postgres import connect
 from learnstream.settings import load_settings
 from streams.producers import TelemetryProducer
 from tests.integration.conftest import BrokerUnderTest
-from tests.integration.workers import Sink, WorkerProcess, wait_for
+from tests.integration.workers import Sink, WorkerProcess, fault_report, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -140,6 +140,7 @@ def test_killed_worker_and_sink_lose_nothing(
         thread = threading.Thread(target=stream)
         thread.start()
         time.sleep(1.5)
+        killed_at = time.monotonic()
         workers[0].proc.send_signal(signal.SIGKILL)
         sinks[0].kill()
         thread.join(60)
@@ -159,6 +160,13 @@ def test_killed_worker_and_sink_lose_nothing(
                 f"{exc}: {rows[1]} of {len(ids)} stored, {producer.spooled} spooled; "
                 f"worker: {workers[1].log()[-3000:]}\nsink: {sinks[1].log()[-3000:]}"
             ) from None
+        fault_report(
+            "kill -9 of a worker and a sink (2 of each)",
+            sent=len(ids),
+            stored=got[0],
+            distinct=got[1],
+            recovery_s=time.monotonic() - killed_at,
+        )
         assert got == (len(ids), len(ids))  # each event once, none lost
     finally:
         producer.close(10)
@@ -198,12 +206,20 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
             producer.emit(e)  # the broker is gone: these go to the spool
         time.sleep(3)
         own_kafka.start_node(1)
+        back_at = time.monotonic()
         assert producer.drain(120) == 0, "the spool was not resent"
         ids |= {e["event_id"] for e in second}
         got = wait_for(
             lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
             240,
             "every event in PostgreSQL after the broker restart",
+        )
+        fault_report(
+            "broker kill -9 and restart (3 s down)",
+            sent=200,
+            stored=got[0],
+            distinct=got[1],
+            recovery_s=time.monotonic() - back_at,
         )
         assert got == (200, 200), (worker.log()[-2000:], sink.log()[-2000:])
     finally:
@@ -247,10 +263,12 @@ def test_leader_killed_on_three_nodes_loses_nothing_with_acks_all(
             thread = threading.Thread(target=stream)
             thread.start()
             time.sleep(0.5)
+            killed_at = time.monotonic()
             kafka.kill_node(leader)
             thread.join(60)
             stop.set()
             assert producer.drain(120) == 0, "acknowledged = delivered: the spool drained"
+            recovered = time.monotonic()
         finally:
             producer.close(10)
         want = {e["event_id"] for e in sent}
@@ -264,14 +282,24 @@ def test_leader_killed_on_three_nodes_loses_nothing_with_acks_all(
         )
         consumer.subscribe(["telemetry.vscode"])
         seen: set[str] = set()
+        records = 0
         deadline = time.monotonic() + 60
         try:
             while seen < want and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
                 if msg is not None and msg.error() is None:
                     seen.add(json.loads(msg.value())["event_id"])
+                    records += 1
         finally:
             consumer.close()
+        fault_report(
+            "partition-leader kill -9 on 3 nodes (acks=all)",
+            sent=len(want),
+            stored=records,
+            distinct=len(seen & want),
+            recovery_s=recovered - killed_at,
+            where="records on the topic",
+        )
         assert want - seen == set(), f"{len(want - seen)} acknowledged events lost"
 
 
@@ -336,6 +364,7 @@ def test_worker_killed_during_parallel_sends_resumes_every_partition(
         worker = WorkerProcess(
             bootstrap, tmp_path / "w", app_id=app_id, LEARNSTREAM_WORKER__EXTRACT="false"
         )
+        restarted_at = time.monotonic()
         try:
             got = wait_for(
                 lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
@@ -347,6 +376,13 @@ def test_worker_killed_during_parallel_sends_resumes_every_partition(
             raise AssertionError(
                 f"{exc}: {rows[1]} of {len(ids)}; {worker.log()[-3000:]}"
             ) from None
+        fault_report(
+            "kill -9 of the only worker during 4 parallel sends, restart",
+            sent=len(ids),
+            stored=got[0],
+            distinct=got[1],
+            recovery_s=time.monotonic() - restarted_at,
+        )
         assert got == (len(ids), len(ids))
     finally:
         sink.stop()

@@ -29,6 +29,7 @@ from learnstream.settings import Settings
 from schemas.interaction import FactorScores, Interaction, ScoredInteraction, ScoreWeights
 from schemas.topics import DLQ, INTERACTIONS_SCORED
 from tests.integration.kafka_helpers import consume
+from tests.integration.workers import fault_report
 
 pytestmark = pytest.mark.integration
 
@@ -415,15 +416,18 @@ def test_sink_survives_a_postgres_restart_without_loss(
         produce_scored(kafka_env, topic, second)
         wait_for(lambda: metric(sink, "learnstream_sink_db_errors_total") >= 3, what="retries")
         assert metric(sink, "learnstream_sink_db_up") == 0
-        # Down for longer than max.poll.interval.ms; nothing is committed meanwhile.
-        deadline = time.monotonic() + 7.5
+        # Down for longer than max.poll.interval.ms; nothing is committed meanwhile
+        # (bench/bench_faults.py sets LS_FAULT_OUTAGE_S=30).
+        deadline = time.monotonic() + float(os.environ.get("LS_FAULT_OUTAGE_S", "7.5"))
         while time.monotonic() < deadline:
             assert offsets(kafka_env, group, topic)[0] == len(first)
             time.sleep(0.5)
 
         restarted = pgserver.get_server(folder, cleanup_mode="stop")  # same data folder
+        back_at = time.monotonic()
         assert restarted.get_uri() == url
         wait_for(lambda: count_rows(url, ids) == len(ids), what="every row after the restart")
+        recovery_s = time.monotonic() - back_at
         wait_for(lambda: offsets(kafka_env, group, topic)[0] == len(ids), what="final commit")
         # The consumer kept its partitions through the outage: no revocation, no loss.
         assert metric(sink, "learnstream_sink_rebalances_total", kind="revoke") == 0
@@ -436,6 +440,14 @@ def test_sink_survives_a_postgres_restart_without_loss(
     assert committed == high == len(ids)
     with psycopg.connect(url) as conn:
         got = conn.execute("SELECT event_id FROM telemetry_events ORDER BY event_id").fetchall()
+    outage = os.environ.get("LS_FAULT_OUTAGE_S", "7.5")
+    fault_report(
+        f"PostgreSQL stopped for {outage} s under the sink",
+        sent=len(ids),
+        stored=len(got),
+        distinct=len({g[0] for g in got}),
+        recovery_s=recovery_s,
+    )
     assert [g[0] for g in got] == sorted(ids)  # every event exactly once, nothing else
 
     # A new sink in the same group finds nothing left to read.

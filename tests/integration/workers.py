@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,30 @@ class Sink:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def fault_report(
+    scenario: str,
+    *,
+    sent: int,
+    stored: int,
+    distinct: int,
+    recovery_s: float,
+    where: str = "PostgreSQL rows",
+) -> None:
+    """Record one fault scenario's figures for `bench/bench_faults.py` (a JSON line in the
+    file named by ``LS_FAULT_REPORT``; nothing when it is unset, as in CI)."""
+    path = os.environ.get("LS_FAULT_REPORT")
+    if not path:
+        return
+    row = {
+        "scenario": scenario,
+        "sent": sent,
+        "stored": stored,
+        "where": where,
+        "lost": sent - distinct,
+        "duplicated": stored - distinct,
+        "recovery_s": round(recovery_s, 1),
+    }
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
