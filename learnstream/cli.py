@@ -6,9 +6,11 @@ Every option can also be set from the environment (shown in ``--help``); setting
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +48,45 @@ class Context:
         from learnstream.kafka import BrokerNotConfiguredError, client_config
 
         try:
-            return client_config(self.settings, **overrides)
+            conf = client_config(self.settings, **overrides)
         except BrokerNotConfiguredError as exc:
             raise click.ClickException(str(exc)) from None
+        # librdkafka's own lines (a FAIL per retry while the broker is away) go through
+        # logging, shown only with LEARNSTREAM_LOG_LEVEL=DEBUG; the command says what failed.
+        conf.setdefault("logger", librdkafka_logger(self.settings.log_level == "DEBUG"))
+        return conf
+
+
+def librdkafka_logger(verbose: bool) -> logging.Logger:
+    """The logger CLI commands give their librdkafka clients."""
+    logger = logging.getLogger("learnstream.librdkafka")
+    logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    return logger
+
+
+def reach_broker(conf: dict[str, Any], timeout: float) -> None:
+    """Ask the broker for metadata once: a dead address fails here, within ``timeout``."""
+    from confluent_kafka.admin import AdminClient
+
+    with broker_errors(conf, timeout):
+        AdminClient(conf).list_topics(timeout=timeout)
+
+
+@contextlib.contextmanager
+def broker_errors(conf: dict[str, Any], timeout: float) -> Iterator[None]:
+    """Turn a broker that cannot be reached (or refuses) into one clear line."""
+    from confluent_kafka import KafkaException
+
+    try:
+        yield
+    except KafkaException as exc:
+        err: Any = exc.args[0] if exc.args else None
+        reason = err.str() if hasattr(err, "str") else str(exc)
+        raise click.ClickException(
+            f"the broker at {conf.get('bootstrap.servers')} did not answer within {timeout:g} s "
+            f"({reason}); check LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS, or start one with "
+            "`learnstream broker` (dev) or `learnstream kafka`"
+        ) from None
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -210,13 +248,21 @@ def topics() -> None:
 
 
 @topics.command("create")
+@click.option(
+    "--timeout",
+    default=10.0,
+    type=click.FloatRange(min=0.1),
+    show_envvar=True,
+    help="Seconds to wait for the broker.",
+)
 @pass_ctx
-def topics_create(obj: Context) -> None:
+def topics_create(obj: Context, timeout: float) -> None:
     """Create every registry topic that is missing (partitions, retention, cleanup policy)."""
     from learnstream.brokerprofile import MOCK_DEFAULT_PARTITIONS, profile_for
     from learnstream.topicadmin import create_topics
 
     conf = obj.kafka_config()
+    reach_broker(conf, timeout)
     if not profile_for(obj.settings).creates_topics:
         click.echo(
             f"dev broker at {conf['bootstrap.servers']}: topics are auto-created on first use "
@@ -224,7 +270,9 @@ def topics_create(obj: Context) -> None:
         )
         return
     warned = False
-    for name, state in create_topics(conf, obj.settings.kafka.replication_factor).items():
+    with broker_errors(conf, timeout):
+        outcome = create_topics(conf, obj.settings.kafka.replication_factor, timeout=timeout)
+    for name, state in outcome.items():
         warned |= state.startswith("exists with")
         click.echo(f"{name:24} {state}", err=state.startswith("exists with"))
     if warned:
@@ -232,13 +280,23 @@ def topics_create(obj: Context) -> None:
 
 
 @topics.command("list")
+@click.option(
+    "--timeout",
+    default=10.0,
+    type=click.FloatRange(min=0.1),
+    show_envvar=True,
+    help="Seconds to wait for the broker.",
+)
 @pass_ctx
-def topics_list(obj: Context) -> None:
+def topics_list(obj: Context, timeout: float) -> None:
     """List registry topics (present or missing) and any others on the broker."""
     from learnstream.topicadmin import list_topics
 
+    conf = obj.kafka_config()
+    with broker_errors(conf, timeout):
+        states = list_topics(conf, timeout=timeout)
     click.echo(f"{'TOPIC':24} {'PARTITIONS':>10}  {'REGISTRY':>8}  KEY")
-    for state in list_topics(obj.kafka_config()):
+    for state in states:
         parts = "missing" if state.partitions is None else str(state.partitions)
         want = str(state.spec.partitions) if state.spec else "-"
         key = state.spec.key if state.spec else ""
@@ -247,19 +305,28 @@ def topics_list(obj: Context) -> None:
 
 @topics.command("describe")
 @click.argument("names", nargs=-1)
+@click.option(
+    "--timeout",
+    default=10.0,
+    type=click.FloatRange(min=0.1),
+    show_envvar=True,
+    help="Seconds to wait for the broker.",
+)
 @pass_ctx
-def topics_describe(obj: Context, names: tuple[str, ...]) -> None:
+def topics_describe(obj: Context, names: tuple[str, ...], timeout: float) -> None:
     """Partitions, leaders, offsets and configs of topics (default: every registry topic)."""
     from learnstream.brokerprofile import profile_for
     from learnstream.topicadmin import describe_topic
     from schemas.topics import TOPICS
 
     conf = obj.kafka_config()
+    reach_broker(conf, timeout)
     with_configs = profile_for(obj.settings).describes_configs
     failed = False
     for name in names or tuple(TOPICS):
         try:
-            info = describe_topic(conf, name, with_configs=with_configs)
+            with broker_errors(conf, timeout):
+                info = describe_topic(conf, name, with_configs=with_configs, timeout=timeout)
         except LookupError as exc:
             click.echo(f"{name}: {exc}", err=True)
             failed = True

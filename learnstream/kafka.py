@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -58,10 +59,11 @@ MOCK_CLUSTER_PREFIX = "mockCluster"
 def _is_mock_cluster(servers: str, security: tuple[tuple[str, str], ...]) -> bool:
     from confluent_kafka.admin import AdminClient
 
+    quiet = logging.getLogger("learnstream.librdkafka.probe")
+    quiet.setLevel(logging.CRITICAL)  # an unreachable broker is reported by the caller
     try:
-        metadata = AdminClient({"bootstrap.servers": servers, **dict(security)}).list_topics(
-            timeout=10
-        )
+        conf: dict[str, Any] = {"bootstrap.servers": servers, "logger": quiet, **dict(security)}
+        metadata = AdminClient(conf).list_topics(timeout=10)
     except Exception:  # unreachable now: treat as a real cluster, the safe default
         return False
     return str(metadata.cluster_id or "").startswith(MOCK_CLUSTER_PREFIX)
