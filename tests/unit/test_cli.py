@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from learnstream.cli import cli
@@ -88,3 +89,32 @@ def test_exported_schema_agrees_with_the_model(tmp_path: Path) -> None:
             assert field in str(exc)
         else:
             raise AssertionError(f"{field} is required by the schema but not by the model")
+
+
+@pytest.mark.parametrize(
+    "args", [["topics", "list"], ["topics", "describe", "telemetry.aidb"], ["topics", "create"]]
+)
+def test_a_dead_broker_is_one_line_within_the_timeout(args: list[str], tmp_path: Path) -> None:
+    """No librdkafka FAIL lines, no traceback: one line naming the address and the setting."""
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env.update(
+        LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1", LEARNSTREAM_DATA_DIR=str(tmp_path)
+    )
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "learnstream", *args, "--timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "127.0.0.1:1" in lines[0] and "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS" in lines[0]
+    assert took < 1 + 8, took  # bounded by --timeout (plus interpreter start), not 10 s or 20
