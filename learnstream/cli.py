@@ -413,6 +413,7 @@ def produce_send(
             max_bytes=settings.max_event_bytes,
         )
         pending = producer.drain(timeout)
+        producer.close(1.0)  # whatever is still undelivered is spooled now, not in 30 s
     types = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items()))
     click.echo(
         f"{source}: sent {report.sent}, invalid {report.invalid} (to telemetry.dlq)"

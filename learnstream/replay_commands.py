@@ -287,6 +287,7 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
                 + (f"; {types}" if types else "")
             )
         pending = producer.drain(timeout)
+        producer.close(1.0)  # whatever is still undelivered is spooled now, not in 30 s
     click.echo(f"{source}: {len(files)} files, sent {sent}, invalid {invalid}")
     if pending:
         click.echo(

@@ -218,6 +218,9 @@ class TelemetryProducer:
                 "message.max.bytes": max(1_000_000, self.settings.max_event_bytes * 2 + 65_536),
             },
         )
+        # librdkafka's own lines (a FAIL per reconnect while the broker is away) go through
+        # logging; CLI commands show them only at LEARNSTREAM_LOG_LEVEL=DEBUG.
+        conf.setdefault("logger", logging.getLogger("learnstream.librdkafka"))
         conf.update(config or {})
         self._producer = Producer(conf)
         self._spool = Spool(self.settings.spool_dir / self.name, ps.spool_max_bytes)
@@ -341,7 +344,10 @@ class TelemetryProducer:
         """Flush, spool whatever is still undelivered, and stop the worker."""
         if self._closed:
             return
-        self.flush(timeout if timeout is not None else self._timeout_s + 5)
+        if self.flush(timeout if timeout is not None else self._timeout_s + 5):
+            # Still waiting on the broker: take the records back from librdkafka (its reports
+            # say "purged", so they are spooled) rather than wait out the delivery timeout.
+            self._producer.purge(in_queue=True, in_flight=True)
         self._closed = True
         self._queue.put(_STOP)
         self._worker.join()

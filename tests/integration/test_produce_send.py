@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +109,12 @@ def test_send_exits_nonzero_when_nothing_could_be_delivered(
     monkeypatch.setenv("LEARNSTREAM_PRODUCER__DELIVERY_TIMEOUT_MS", "1000")
     path = tmp_path / "aidb.jsonl"
     path.write_text(json.dumps(event("aidb", "query")) + "\n")
+    monkeypatch.delenv("LEARNSTREAM_PRODUCER__DELIVERY_TIMEOUT_MS")  # the default 30 s
+    started = time.monotonic()
     result = CliRunner().invoke(
-        cli, ["produce", "send", "--source", "aidb", "--timeout", "10", str(path)]
+        cli, ["produce", "send", "--source", "aidb", "--timeout", "2", str(path)]
     )
+    assert time.monotonic() - started < 2 + 5  # --timeout bounds it, not the 30 s delivery
     assert result.exit_code == 1
     assert "aidb: sent 1, invalid 0" in result.stdout
     assert "1 events not delivered yet; kept in the spool" in result.stderr
