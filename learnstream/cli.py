@@ -396,7 +396,7 @@ def produce_send(
     """
     from schemas import Source
     from streams.producers.sdk import TelemetryProducer
-    from streams.producers.sender import read_lines, send_lines
+    from streams.producers.sender import problem_lines, read_lines, send_lines
 
     settings = obj.settings
     obj.kafka_config()  # fail early and clearly when no broker is known
@@ -411,6 +411,7 @@ def produce_send(
             origin=origin,
             deterministic_ids=origin != "<stdin>",
             max_bytes=settings.max_event_bytes,
+            max_depth=settings.max_event_depth,
         )
         pending = producer.drain(timeout)
         producer.close(1.0)  # whatever is still undelivered is spooled now, not in 30 s
@@ -419,6 +420,8 @@ def produce_send(
         f"{source}: sent {report.sent}, invalid {report.invalid} (to telemetry.dlq)"
         + (f"; {types}" if types else "")
     )
+    for line in problem_lines(report, source, origin):
+        click.echo(line, err=True)
     if pending:
         click.echo(
             f"{pending} events not delivered yet; kept in the spool under "

@@ -260,7 +260,7 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
     """
     from schemas import Source
     from streams.producers.sdk import TelemetryProducer
-    from streams.producers.sender import read_lines, send_lines
+    from streams.producers.sender import problem_lines, read_lines, send_lines
 
     settings = command_settings()
     _kafka_config(settings)  # fail early and clearly when no broker is known
@@ -277,6 +277,7 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
                     origin=str(path),
                     deterministic_ids=True,
                     max_bytes=settings.max_event_bytes,
+                    max_depth=settings.max_event_depth,
                     stage="backfill",
                 )
             sent += report.sent
@@ -286,6 +287,8 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
                 f"{path}: sent {report.sent}, invalid {report.invalid} (to telemetry.dlq)"
                 + (f"; {types}" if types else "")
             )
+            for line in problem_lines(report, source, str(path)):
+                click.echo(line, err=True)
         pending = producer.drain(timeout)
         producer.close(1.0)  # whatever is still undelivered is spooled now, not in 30 s
     click.echo(f"{source}: {len(files)} files, sent {sent}, invalid {invalid}")

@@ -22,6 +22,19 @@ class SendReport:
     invalid: int = 0
     blank: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    """(line number, reason) of the first `MAX_PROBLEMS` invalid lines."""
+
+
+MAX_PROBLEMS = 20
+
+
+def problem_lines(report: SendReport, source: str, origin: str) -> list[str]:
+    """One line per invalid event (source, file and line, reason), capped with a count."""
+    out = [f"{source}: {origin} line {n}: {reason}" for n, reason in report.problems]
+    if report.invalid > len(report.problems):
+        out.append(f"{source}: ... and {report.invalid - len(report.problems)} more invalid lines")
+    return out
 
 
 def read_lines(stream: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
@@ -40,6 +53,7 @@ def send_lines(
     origin: str,
     deterministic_ids: bool,
     max_bytes: int,
+    max_depth: int = 64,
     stage: str = "send",
 ) -> SendReport:
     """Validate and emit every line; invalid ones go to the DLQ with reason and line number.
@@ -56,7 +70,7 @@ def send_lines(
             report.blank += 1
             continue
         try:
-            event = parse_event(source, line, max_bytes=max_bytes)
+            event = parse_event(source, line, max_bytes=max_bytes, max_depth=max_depth)
         except EventError as exc:
             producer.dead_letter(
                 line,
@@ -69,6 +83,8 @@ def send_lines(
                 error_kind=exc.kind,
             )
             report.invalid += 1
+            if len(report.problems) < MAX_PROBLEMS:
+                report.problems.append((number, exc.reason))
             continue
         if event.event_id is None:
             event_id = (

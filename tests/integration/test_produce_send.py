@@ -41,7 +41,12 @@ def test_send_file_reports_counts_and_dead_letters_bad_lines(
     lines = _write(path, unique)
     result = CliRunner().invoke(cli, ["produce", "send", "--source", "hybrid", str(path)])
     assert result.exit_code == 0, result.output
-    assert "hybrid: sent 5, invalid 2 (to telemetry.dlq); route_decided 5" in result.output
+    assert "hybrid: sent 5, invalid 2 (to telemetry.dlq); route_decided 5" in result.stdout
+    # One line per invalid event on stderr: source, file and line, the reason.
+    problems = result.stderr.strip().splitlines()
+    assert len(problems) == 2, result.stderr
+    assert problems[0].startswith(f"hybrid: {path} line 3: ") and "field 'route'" in problems[0]
+    assert problems[1].startswith(f"hybrid: {path} line 6: malformed JSON"), problems[1]
 
     identity = file_identity(lines[0])
     offsets, offset = [], 0
