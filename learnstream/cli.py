@@ -747,10 +747,12 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafk
 
 
 def _register_plugins() -> None:
+    from learnstream.dlq_commands import dlq
     from learnstream.replay_commands import backfill, replay
     from trainers.commands import adapters
 
     cli.add_command(adapters)
+    cli.add_command(dlq)
     cli.add_command(replay)
     cli.add_command(backfill)
 
