@@ -733,7 +733,9 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafk
     """
     from learnstream.demo import run_demo
     from learnstream.localkafka import LocalKafkaError
+    from learnstream.signals import Terminated, raise_on_sigterm
 
+    raise_on_sigterm()  # the worker, sink, trainer and embedded services stop with the demo
     try:
         run_demo(
             obj.settings,
@@ -744,6 +746,9 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafk
         )
     except LocalKafkaError as exc:
         raise click.ClickException(f"local Kafka: {exc}") from None
+    except (Terminated, KeyboardInterrupt):
+        click.echo("demo stopped; its worker, sink and trainer were stopped with it", err=True)
+        sys.exit(143)
 
 
 def _register_plugins() -> None:

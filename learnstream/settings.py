@@ -207,6 +207,12 @@ class WorkerSettings(Group):
         description="Bearer token of the mutating endpoints (POST /api/v1/improvement/trigger); "
         "unset: only clients on loopback may POST.",
     )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="After SIGTERM/SIGINT the worker exits within this, even with the broker "
+        "gone (then with code 1; uncommitted records are read again on the next start).",
+    )
     extract: bool = Field(default=True, description="Run the `extract` agent in this worker.")
     triggers: bool = Field(default=True, description="Run the `triggers` agent in this worker.")
     create_topics: bool = Field(

@@ -26,3 +26,18 @@ def install_stop_handlers(stop: threading.Event, log: logging.Logger) -> dict[in
         previous[sig] = signal.getsignal(sig)
         signal.signal(sig, handler)
     return previous
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks (child processes,
+    embedded services) run as they do on Ctrl-C."""
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises `Terminated` (exit code 143) in the main thread."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

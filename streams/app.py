@@ -9,8 +9,10 @@ Kafka/Redpanda create the topics first with `learnstream topics create`.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -193,11 +195,40 @@ def ensure_topics(settings: Settings) -> dict[str, str]:
     return done
 
 
+class BoundedShutdownWorker(faust.Worker):
+    """A Faust worker whose shutdown after SIGINT/SIGTERM takes ``shutdown_timeout_s`` at most.
+
+    Faust's own shutdown waits on the broker (commits, producer flush, leaving the group);
+    with the broker gone that can retry for minutes. After the bound the process exits
+    (code 1, with one line saying so): its uncommitted work is re-read on the next start.
+    """
+
+    shutdown_timeout_s: float = 30.0
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if not self._signal_stop_time:
+            timer = threading.Timer(self.shutdown_timeout_s, self._force_exit, args=(signal,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
+
+    def _force_exit(self, signal: Any) -> None:
+        log.error(
+            "worker: still stopping %.0f s after %s (the broker is unreachable?); exiting now, "
+            "uncommitted records are read again on the next start",
+            self.shutdown_timeout_s,
+            getattr(signal, "name", signal),
+        )
+        logging.shutdown()
+        os._exit(1)
+
+
 def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:
-    """Run a Faust worker until SIGINT/SIGTERM."""
+    """Run a Faust worker until SIGINT/SIGTERM (its shutdown is bounded)."""
     ensure_topics(settings)
     app = create_app(settings, web_port=web_port)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = BoundedShutdownWorker(app, loglevel=loglevel, quiet=True)
+    worker.shutdown_timeout_s = settings.worker.shutdown_timeout_s
     # Faust's terminal spinner sets the root logger to DEBUG when the level is WARNING or
     # higher, so every debug call builds a record (-19% throughput in bench_faust_forward.py).
     worker.spinner = None

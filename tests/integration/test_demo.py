@@ -76,3 +76,46 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path) -> None:
     assert (manifest.get("active") is not None) == (result[1] == "PROMOTED"), manifest
     lines = (tmp_path / "dataset" / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == int(learned[3]) and all(json.loads(line)["messages"] for line in lines)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env.update({"LEARNSTREAM_DATA_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "learnstream", "demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:
+            seen.append(line)
+            if line.startswith("published "):  # the children are up and working
+                break
+        assert seen and seen[-1].startswith("published "), "".join(seen)
+        children = psutil.Process(demo.pid).children(recursive=True)
+        assert len(children) >= 3
+        pid_file = tmp_path / "postgres" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(120) == 143
+        _, gone_alive = psutil.wait_procs(children, timeout=30)
+        assert gone_alive == [], [p.cmdline() for p in gone_alive]
+        if postmaster is not None:
+            deadline = time.monotonic() + 30
+            while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not psutil.pid_exists(postmaster), "the embedded PostgreSQL kept running"
+        assert "demo stopped" in (demo.stderr.read() if demo.stderr else "")
+    finally:
+        if demo.poll() is None:
+            demo.kill()

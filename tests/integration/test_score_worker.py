@@ -416,3 +416,45 @@ def test_scaling_out_and_in_keeps_every_event_without_conflicting_outputs(
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0] * len(workers)
+
+
+def test_sigterm_stops_the_worker_in_bounded_time_with_the_broker_gone(tmp_path: Path) -> None:
+    """The broker dies under a running worker; SIGTERM still ends it within its bound."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from tests.integration.conftest import DevBrokerProcess
+
+    broker = DevBrokerProcess(tmp_path / "broker")
+    worker = WorkerProcess(
+        broker.bootstrap_servers,
+        tmp_path / "w",
+        app_id=f"gone-{uuid.uuid4().hex[:8]}",
+        LEARNSTREAM_WORKER__SHUTDOWN_TIMEOUT_S="5",
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        broker.proc.kill()  # the broker is gone, for good
+        broker.proc.wait(10)
+        time.sleep(3)  # the worker notices and starts retrying
+        started = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        try:
+            code = worker.proc.wait(5 + 15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker ignored SIGTERM: {worker.log()[-2000:]}") from None
+        assert code in (0, 1), worker.log()[-2000:]
+        assert time.monotonic() - started < 5 + 15
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+        worker.stop()
+        if broker.proc.poll() is None:
+            broker.proc.kill()
