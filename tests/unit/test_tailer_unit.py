@@ -355,3 +355,22 @@ def test_checkpoint_is_saved_only_after_a_complete_flush(settings: Any, tmp_path
 
 def checkpoint_position(tailer: FileTailer) -> int:
     return Checkpoint.from_json(tailer.checkpoint_file.read_bytes()).position
+
+
+def test_a_hostile_line_is_dead_lettered_and_the_file_goes_on(
+    settings: Any, tmp_path: Path
+) -> None:
+    """Deep nesting (that crashed the tailer at every restart) and unstorable text each become
+    a dead letter with a reason; the lines after them are read, the checkpoint moves past."""
+    deep = b'{"event": "iteration_started", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}\n"
+    nul = json.dumps({**event("ralph", "iteration_started", iteration=9), "x": "a\x00b"}).encode()
+    path = tmp_path / "ralph.jsonl"
+    data = line(1) + deep + line(2) + nul + b"\n" + line(3)
+    path.write_bytes(data)
+    tailer, producer = make(settings, path)
+    drain(tailer)
+    assert len(producer.events) == 3
+    assert [d[2]["line_number"] for d in producer.dead] == [2, 4]
+    assert "nests too deeply" in producer.dead[0][1] or "deeper than" in producer.dead[0][1]
+    assert "NUL character" in producer.dead[1][1]
+    assert tailer.position == len(data)
