@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from brokers import BrokerInfo, add_broker_arguments, broker_from_args, stop_process
 
+from learnstream.net import free_port
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,15 +247,6 @@ def process_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

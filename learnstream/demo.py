@@ -291,8 +291,8 @@ def run_demo(
     """
     import logging
 
+    from learnstream.net import free_port
     from learnstream.schema_export import export_schemas
-    from streams.app import free_port
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     examples = examples or EXAMPLES

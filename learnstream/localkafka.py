@@ -41,6 +41,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+from learnstream.net import free_ports
+
 KAFKA_VERSION = "4.4.0"
 HOST = "127.0.0.1"
 DEFAULT_PARTITIONS = 4
@@ -86,18 +88,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports that were free on loopback a moment ago."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind((HOST, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from learnstream.brokerprofile import profile_for
 from learnstream.kafka import bootstrap_servers, client_config
 from learnstream.metrics import StreamMetrics
+from learnstream.net import free_port
 from learnstream.settings import Settings
 from scorers.embeddings import Embedder
 from scorers.stage import ScoringStage
@@ -45,13 +45,6 @@ class StreamContext:
     executor: ThreadPoolExecutor
     extraction: ExtractionStage | None = None
     extract_executor: ThreadPoolExecutor | None = None
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def broker_urls(settings: Settings) -> list[str]:

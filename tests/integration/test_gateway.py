@@ -22,6 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from learnstream.net import free_port
 from learnstream.settings import load_settings
 from schemas import SCHEMA_VERSION, Source
 from streams.producers.gateway import GatewayServer, make_gateway
@@ -581,13 +582,6 @@ def test_metrics_show_counters_that_moved(gateway: Gateway) -> None:
 
 
 # --- the command line ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_cli_gateway_serves_until_sigterm(kafka_broker: BrokerUnderTest, unique: str) -> None:

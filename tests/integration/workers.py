@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams.app import free_port
+from learnstream.net import free_port
 
 
 class WorkerProcess:

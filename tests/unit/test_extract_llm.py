@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from extractors.llm import (
     parse_pattern_fields,
 )
 from extractors.metrics import ExtractMetrics
+from learnstream.net import free_port
 from tests.unit.test_extract_support import candidate
 
 GOOD = json.dumps(
@@ -204,12 +204,6 @@ def test_not_a_chat_completion(server: FakeChatServer) -> None:
     server.push([Reply(body='{"hello": "world"}')])
     ex, _ = facade(settings(server.url))
     assert ex.extract(candidate()).llm_error == "bad_response"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_endpoint_down_opens_the_circuit_and_nothing_is_lost() -> None:
