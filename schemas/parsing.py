@@ -37,6 +37,13 @@ def _unstorable(text: str, where: str, source: str | None, *, key: bool = False)
     )
 
 
+def _bad_text(text: str) -> bool:
+    # ASCII text (most of it) can only hold a NUL; `in` and isascii() run at C speed.
+    if text.isascii():
+        return "\x00" in text
+    return _UNSTORABLE.search(text) is not None
+
+
 def check_structure(
     data: Any, *, max_depth: int = DEFAULT_MAX_EVENT_DEPTH, source: str | None = None
 ) -> None:
@@ -65,10 +72,10 @@ def check_structure(
             )
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
-            if type(key) is str and _UNSTORABLE.search(key):
+            if type(key) is str and _bad_text(key):
                 raise _unstorable(key, path, source, key=True)
             if type(item) is str:
-                if _UNSTORABLE.search(item):
+                if _bad_text(item):
                     raise _unstorable(item, f"{path}.{key}" if path else str(key), source)
             elif isinstance(item, dict | list | tuple):
                 stack.append((item, depth + 1, f"{path}.{key}" if path else str(key)))

@@ -89,6 +89,14 @@ _ASSIGN = re.compile(
     )
     """
 )
+_SECRET_NAME = (
+    r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key"
+    r"|private[_-]?key|secret[_-]?key|signing[_-]?key|client[_-]?secret|auth[_-]?key)"
+)
+# A JSON key that names a secret: its string value is one (``{"api_key": "..."}``); not
+# ``pwd``, which as a key is a working directory more often than a password.
+_KEY_NAME = _SECRET_NAME.replace("|pwd|", "|")
+_SECRET_KEY = re.compile(r"(?i)(?:^|[_.-])" + _KEY_NAME + r"$")
 _CODE_VALUE = re.compile(
     r"""(?x)^(?:
         [A-Za-z_][\w]*\(.*                            # a call
@@ -163,34 +171,75 @@ def _looks_like_code(value: str) -> bool:
     )
 
 
-# Cheap anchors of every pattern above: text without one holds no secret they would find, so
-# the full set of patterns runs only on the few strings with one (the SDK's hot path).
-_MAYBE_SECRET = re.compile(
-    r"-----BEGIN|eyJ|://|sk-|gh[pousr]_|github_pat_|AKIA|ASIA|xox[abposr]-|AIza|[Bb]earer|BEARER"
-    r"|(?i:basic|pass|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
-    r"|signing[_-]?key|auth[_-]?key)"
+# Literals one of which every match of a pattern contains (checked with `in`, at C speed):
+# a pattern runs only on text holding one of its anchors, so that text without secrets (most
+# of it) costs a few substring checks instead of a dozen regex scans (the SDK's hot path).
+_ANCHORS: dict[str, tuple[tuple[str, ...], bool]] = {  # kind -> (anchors, on lower-cased text)
+    "private_key": (("-----BEGIN",), False),
+    "jwt": (("eyJ",), False),
+    "url_password": (("://",), False),
+    "api_key": (("sk-",), False),
+    "github_token": (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), False),
+    "aws_access_key": (("AKIA", "ASIA"), False),
+    "slack_token": (("xox",), False),
+    "google_api_key": (("AIza",), False),
+    "bearer_token": (("earer", "EARER"), False),
+    "basic_auth": (("basic",), True),
+}
+# Every name `_ASSIGN` takes ends with one of these (lower-cased); a separator must follow.
+_ASSIGN_WORDS = ("pass", "pwd", "secret", "token", "key")
+_SEP_AFTER = re.compile(r"[\w.-]*[\"']?\s*[:=]")
+
+
+def _assignment_possible(low: str) -> bool:
+    for word in _ASSIGN_WORDS:
+        at = low.find(word)
+        while at >= 0:
+            if _SEP_AFTER.match(low, at + len(word)):
+                return True
+            at = low.find(word, at + 1)
+    return False
+
+
+# Every anchor and assignment word, lower-cased: the prefilter (a superset of the gates).
+_PREFILTER = tuple(
+    sorted({a.lower() for anchors, _ in _ANCHORS.values() for a in anchors} | set(_ASSIGN_WORDS))
 )
 
 
 def may_hold_secret(text: str) -> bool:
-    """False when ``text`` certainly holds nothing `redact` would replace."""
-    return _MAYBE_SECRET.search(text) is not None
+    """False when ``text`` certainly holds nothing `redact` would replace (a few substring
+    checks on the lower-cased text)."""
+    low = text.lower()
+    for anchor in _PREFILTER:  # noqa: SIM110 - a plain loop: any() of a generator is slower
+        if anchor in low:
+            return True
+    return False
 
 
 def redact_with_counts(text: str) -> tuple[str, Counter[str]]:
     """``text`` with secrets replaced, and how many of each kind were replaced."""
-    if not _MAYBE_SECRET.search(text):
+    if not may_hold_secret(text):
         return text, Counter()
-    return _redact_all(text)
+    return _redact(text, gated=True)
 
 
 def _redact_all(text: str) -> tuple[str, Counter[str]]:
-    """Every pattern, without the prefilter (`redact_with_counts` is this, only faster)."""
+    """Every pattern on the whole text, ungated: what `redact_with_counts` must equal."""
+    return _redact(text, gated=False)
+
+
+def _redact(text: str, *, gated: bool) -> tuple[str, Counter[str]]:
     counts: Counter[str] = Counter()
+    low = text.lower()
     for kind, pattern, replacement in _SIMPLE:
+        anchors, lower = _ANCHORS[kind]
+        if gated and not any(a in (low if lower else text) for a in anchors):
+            continue
         text, n = pattern.subn(replacement, text)
         if n:
             counts[kind] += n
+            low = text.lower()
 
     def _assignment(m: re.Match[str]) -> str:
         quoted = m.group("qval")
@@ -202,7 +251,8 @@ def _redact_all(text: str) -> tuple[str, Counter[str]]:
         q = m.group("q") or ""
         return f"{m.group('name')}{m.group('sep')}{q}{_mark(kind)}{q}"
 
-    text = _ASSIGN.sub(_assignment, text)
+    if not gated or _assignment_possible(low):
+        text = _ASSIGN.sub(_assignment, text)
     return text, counts
 
 
@@ -211,13 +261,37 @@ def redact(text: str) -> str:
     return redact_with_counts(text)[0]
 
 
-def _redact_value(value: Any, fn: Callable[[str], str]) -> Any:
+def _may_name_secret(key: str) -> bool:
+    low = key.lower()
+    for word in _ASSIGN_WORDS:  # noqa: SIM110 - a plain loop: any() of a generator is slower
+        if word in low:
+            return True
+    return False
+
+
+def _redact_value(value: Any, fn: Callable[[str], str], tally: Counter[str] | None = None) -> Any:
     if isinstance(value, str):
-        return fn(value)
+        return fn(value) if may_hold_secret(value) else value
     if isinstance(value, list):
-        return [_redact_value(v, fn) for v in value]
+        return [_redact_value(v, fn, tally) for v in value]
     if isinstance(value, dict):
-        return {k: _redact_value(v, fn) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if (
+                isinstance(v, str)
+                and isinstance(k, str)
+                and _may_name_secret(k)
+                and _SECRET_KEY.search(k)
+                and v
+                and not _looks_like_code(v.strip())
+            ):
+                kind = _assign_kind(k)
+                out[k] = _mark(kind)
+                if tally is not None:
+                    tally[kind] += 1
+            else:
+                out[k] = _redact_value(v, fn, tally)
+        return out
     return value
 
 
@@ -227,25 +301,29 @@ def redact_data(value: Any, counts: Counter[str] | None = None) -> Any:
 
     def fn(text: str) -> str:
         out, n = redact_with_counts(text)
-        tally.update(n)
+        if n:
+            tally.update(n)
         return out
 
-    out = _redact_value(value, fn)
+    out = _redact_value(value, fn, tally)
     if counts is not None:
         counts.update(tally)
     return out
 
 
-def redact_json(raw: bytes, counts: Counter[str] | None = None) -> bytes:
+def redact_json(raw: bytes, counts: Counter[str] | None = None, *, decoded: Any = None) -> bytes:
     """A JSON document with the secrets in its strings replaced; the same bytes if none.
 
-    Only a document whose text hits the prefilter is decoded, redacted value by value (so a
-    secret inside an escaped string, e.g. JSON within JSON, is found too) and encoded again.
+    Only a document whose text passes the prefilter is redacted value by value (``decoded``:
+    the document already decoded, when the caller has it; else it is decoded here), so a
+    secret inside an escaped string, e.g. JSON within JSON, is found too; then encoded again.
     """
-    if not _MAYBE_SECRET.search(raw.decode("utf-8")):
-        return raw
+    if decoded is None:
+        if not may_hold_secret(raw.decode("utf-8")):
+            return raw
+        decoded = json.loads(raw)
     tally: Counter[str] = Counter()
-    data = redact_data(json.loads(raw), tally)
+    data = redact_data(decoded, tally)
     if not tally:
         return raw
     if counts is not None:
@@ -260,14 +338,15 @@ def redact_interaction(interaction: Interaction, counts: Counter[str] | None = N
 
     def fn(text: str) -> str:
         out, n = redact_with_counts(text)
-        tally.update(n)
+        if n:
+            tally.update(n)
         return out
 
     i = interaction
     update = {
         "query": fn(i.query) if i.query is not None else None,
         "response": fn(i.response) if i.response is not None else None,
-        "payload": _redact_value(i.payload, fn),
+        "payload": _redact_value(i.payload, fn, tally),
     }
     if counts is not None:
         counts.update(tally)
@@ -291,7 +370,8 @@ def redact_pattern(pattern: Pattern, counts: Counter[str] | None = None) -> Patt
 
     def fn(text: str) -> str:
         out, n = redact_with_counts(text)
-        tally.update(n)
+        if n:
+            tally.update(n)
         return out
 
     update: dict[str, Any] = {

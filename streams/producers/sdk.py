@@ -433,6 +433,7 @@ class TelemetryProducer:
     def _handle_event(self, item: _Event) -> None:
         payload = item.payload
         value = b""
+        decoded: dict[str, Any] | None = None  # the tool's own dict, when it sent one
         try:
             if type(payload) is not dict and isinstance(payload, SourceEvent):
                 event = payload
@@ -442,7 +443,7 @@ class TelemetryProducer:
                 if b"\\u0000" in value:  # a NUL, or text that looks like one: check
                     check_structure(json.loads(value), source=item.source.value)
             else:
-                data = dict(payload)
+                data = decoded = dict(payload)
                 data["event_id"] = item.event_id
                 event = self._validate(item.route, data)
                 # The tool's own event (plus its id), as sent; it has just been validated.
@@ -451,7 +452,7 @@ class TelemetryProducer:
                 )
             if self._redact:
                 found: Counter[str] = Counter()
-                value = redact_json(value, found)
+                value = redact_json(value, found, decoded=decoded)
                 for kind, n in found.items():
                     self.metrics.secrets_redacted.labels(item.source.value, kind).inc(n)
             limit = self._max_event_bytes
