@@ -91,3 +91,26 @@ def test_json_documents_are_redacted_and_stay_json(text: str, secret: str, kind:
         assert counts[kind] >= 2
     clean = json.dumps({"event_type": "completion", "response": "no secrets here"}).encode()
     assert redact_json(clean) is clean
+
+
+def test_values_of_keys_that_name_a_secret_are_redacted() -> None:
+    from extractors.redact import redact_data
+
+    counts: Counter[str] = Counter()
+    doc = {
+        "api_key": "abc123xyz",
+        "context": {"DB_PASSWORD": "hunter2", "client_secret": "s3", "pwd": "/home/me"},
+        "max_tokens": "512",
+        "token": "os.environ['TOKEN']",
+        "tokens_input": 450,
+    }
+    out = redact_data(doc, counts)
+    assert out["api_key"] == "[REDACTED:api_key]"
+    assert out["context"] == {
+        "DB_PASSWORD": "[REDACTED:password]",
+        "client_secret": "[REDACTED:secret]",
+        "pwd": "/home/me",  # a working directory, not a password
+    }
+    assert out["max_tokens"] == "512" and out["tokens_input"] == 450
+    assert out["token"] == "os.environ['TOKEN']"  # code, not a secret
+    assert sum(counts.values()) == 3
