@@ -45,16 +45,22 @@ def _bad_text(text: str) -> bool:
 
 
 def check_structure(
-    data: Any, *, max_depth: int = DEFAULT_MAX_EVENT_DEPTH, source: str | None = None
+    data: Any,
+    *,
+    max_depth: int = DEFAULT_MAX_EVENT_DEPTH,
+    source: str | None = None,
+    text: bool = True,
 ) -> None:
     """Raise `EventError` when a decoded event nests objects and arrays deeper than
-    ``max_depth``, or holds a key or string that no store can keep (NUL, a lone surrogate).
+    ``max_depth``, or (``text``) holds a key or string that no store can keep (NUL, a lone
+    surrogate).
 
     Iterative, so no input can exhaust the stack; every way in calls it (through
-    `validate_event`) before pydantic sees the data.
+    `validate_event`) before pydantic sees the data. ``text=False`` checks the depth only: for
+    a caller that checks the text on the serialized JSON instead (the SDK's hot path).
     """
     if isinstance(data, str):
-        if _UNSTORABLE.search(data):
+        if text and _UNSTORABLE.search(data):
             raise _unstorable(data, "", source)
         return
     if not isinstance(data, dict | list | tuple):
@@ -70,16 +76,19 @@ def check_structure(
                 source=source,
                 kind="too_deep",
             )
-        items = value.items() if isinstance(value, dict) else enumerate(value)
+        items = value.items() if type(value) is dict else enumerate(value)
         for key, item in items:
-            if type(key) is str and _bad_text(key):
+            kind = type(item)
+            if text and (
+                type(key) is str and ("\x00" in key or not key.isascii()) and _bad_text(key)
+            ):
                 raise _unstorable(key, path, source, key=True)
-            if type(item) is str:
-                if _bad_text(item):
+            if kind is str:
+                if text and ("\x00" in item or not item.isascii()) and _bad_text(item):
                     raise _unstorable(item, f"{path}.{key}" if path else str(key), source)
-            elif isinstance(item, dict | list | tuple):
+            elif kind is dict or kind is list or isinstance(item, dict | list | tuple):
                 stack.append((item, depth + 1, f"{path}.{key}" if path else str(key)))
-            elif isinstance(item, str) and _UNSTORABLE.search(item):  # a str subclass
+            elif text and isinstance(item, str) and _UNSTORABLE.search(item):  # a str subclass
                 raise _unstorable(item, f"{path}.{key}" if path else str(key), source)
 
 

@@ -447,9 +447,15 @@ class TelemetryProducer:
                 data["event_id"] = item.event_id
                 event = self._validate(item.route, data)
                 # The tool's own event (plus its id), as sent; it has just been validated.
-                value = _serialized(
-                    lambda: pydantic_core.to_json(data), item.source.value, event.event_type
-                )
+                try:
+                    value = pydantic_core.to_json(data)
+                except (RecursionError, ValueError, TypeError):
+                    check_structure(data, source=item.source.value)  # names a bad string
+                    value = _serialized(
+                        lambda: pydantic_core.to_json(data), item.source.value, event.event_type
+                    )
+                if b"\\u0000" in value:  # a NUL, or text that looks like one: check
+                    check_structure(data, source=item.source.value)
             if self._redact:
                 found: Counter[str] = Counter()
                 value = redact_json(value, found, decoded=decoded)
@@ -496,7 +502,8 @@ class TelemetryProducer:
 
     def _validate(self, route: _Route, data: dict[str, Any]) -> SourceEvent:
         """`validate_event` with a fast path for the common case of a valid event."""
-        check_structure(data, max_depth=self._max_event_depth, source=route.name)
+        # Depth here; the text (NUL, lone surrogates) on the serialized JSON (`_handle_event`).
+        check_structure(data, max_depth=self._max_event_depth, source=route.name, text=False)
         event_type = data.get("event_type") or data.get("event")
         model = route.models.get(event_type) if type(event_type) is str else None
         if model is not None:
