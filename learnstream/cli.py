@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from learnstream.cli_support import BROKER_TIMEOUT
+
 if TYPE_CHECKING:
     from learnstream.settings import Settings
 
@@ -248,13 +250,7 @@ def topics() -> None:
 
 
 @topics.command("create")
-@click.option(
-    "--timeout",
-    default=10.0,
-    type=click.FloatRange(min=0.1),
-    show_envvar=True,
-    help="Seconds to wait for the broker.",
-)
+@BROKER_TIMEOUT
 @pass_ctx
 def topics_create(obj: Context, timeout: float) -> None:
     """Create every registry topic that is missing (partitions, retention, cleanup policy)."""
@@ -280,13 +276,7 @@ def topics_create(obj: Context, timeout: float) -> None:
 
 
 @topics.command("list")
-@click.option(
-    "--timeout",
-    default=10.0,
-    type=click.FloatRange(min=0.1),
-    show_envvar=True,
-    help="Seconds to wait for the broker.",
-)
+@BROKER_TIMEOUT
 @pass_ctx
 def topics_list(obj: Context, timeout: float) -> None:
     """List registry topics (present or missing) and any others on the broker."""
@@ -305,13 +295,7 @@ def topics_list(obj: Context, timeout: float) -> None:
 
 @topics.command("describe")
 @click.argument("names", nargs=-1)
-@click.option(
-    "--timeout",
-    default=10.0,
-    type=click.FloatRange(min=0.1),
-    show_envvar=True,
-    help="Seconds to wait for the broker.",
-)
+@BROKER_TIMEOUT
 @pass_ctx
 def topics_describe(obj: Context, names: tuple[str, ...], timeout: float) -> None:
     """Partitions, leaders, offsets and configs of topics (default: every registry topic)."""

@@ -10,6 +10,16 @@ if TYPE_CHECKING:
     from learnstream.settings import Settings
 
 
+BROKER_TIMEOUT = click.option(
+    "--timeout",
+    default=10.0,
+    type=click.FloatRange(min=0.1),
+    show_envvar=True,
+    help="Seconds to wait for the broker.",
+)
+"""The ``--timeout`` of the commands that only talk to the broker (topics, dlq)."""
+
+
 def command_settings() -> Settings:
     """The settings of the running command: the root `learnstream.cli.Context`'s, if any.
 

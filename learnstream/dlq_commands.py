@@ -12,18 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnstream.cli_support import command_settings
+from learnstream.cli_support import BROKER_TIMEOUT, command_settings
 
 if TYPE_CHECKING:
     from learnstream.dlq import Letter
 
-TIMEOUT = click.option(
-    "--timeout",
-    default=10.0,
-    type=click.FloatRange(min=0.1),
-    show_envvar=True,
-    help="Seconds to wait for the broker.",
-)
 FILTERS = [
     click.option("--source", default=None, show_envvar=True, help="Only this source's letters."),
     click.option(
@@ -62,7 +55,7 @@ def dlq() -> None:
 
 @dlq.command("count")
 @_filters
-@TIMEOUT
+@BROKER_TIMEOUT
 def dlq_count(source: str | None, kind: str | None, stage: str | None, timeout: float) -> None:
     """Dead letters per source, stage and error kind."""
     from learnstream.dlq import counts
@@ -77,7 +70,7 @@ def dlq_count(source: str | None, kind: str | None, stage: str | None, timeout: 
 @dlq.command("list")
 @_filters
 @click.option("--limit", default=50, type=click.IntRange(min=1), show_envvar=True)
-@TIMEOUT
+@BROKER_TIMEOUT
 def dlq_list(
     *, source: str | None, kind: str | None, stage: str | None, limit: int, timeout: float
 ) -> None:
@@ -96,7 +89,7 @@ def dlq_list(
 
 @dlq.command("show")
 @click.argument("positions", nargs=-1, required=True)
-@TIMEOUT
+@BROKER_TIMEOUT
 def dlq_show(positions: tuple[str, ...], timeout: float) -> None:
     """The whole dead letter at PARTITION:OFFSET, with its original decoded (UTF-8)."""
     letters = _letters(timeout, positions=positions)
@@ -116,7 +109,7 @@ def dlq_show(positions: tuple[str, ...], timeout: float) -> None:
     "--position", "positions", multiple=True, show_envvar=True, help="PARTITION:OFFSET (repeat)."
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be sent, send nothing.")
-@TIMEOUT
+@BROKER_TIMEOUT
 def dlq_republish(
     *,
     source: str | None,

@@ -295,15 +295,22 @@ def _redact_value(value: Any, fn: Callable[[str], str], tally: Counter[str] | No
     return value
 
 
-def redact_data(value: Any, counts: Counter[str] | None = None) -> Any:
-    """A copy of decoded JSON with every string redacted (keys are kept)."""
-    tally: Counter[str] = Counter()
+def _counting(tally: Counter[str]) -> Callable[[str], str]:
+    """`redact` that adds what it replaced to ``tally``."""
 
     def fn(text: str) -> str:
         out, n = redact_with_counts(text)
         if n:
             tally.update(n)
         return out
+
+    return fn
+
+
+def redact_data(value: Any, counts: Counter[str] | None = None) -> Any:
+    """A copy of decoded JSON with every string redacted (keys are kept)."""
+    tally: Counter[str] = Counter()
+    fn = _counting(tally)
 
     out = _redact_value(value, fn, tally)
     if counts is not None:
@@ -335,12 +342,7 @@ def redact_interaction(interaction: Interaction, counts: Counter[str] | None = N
     """A copy of ``interaction`` whose query, response and raw payload strings are redacted
     (the same object when nothing was found)."""
     tally: Counter[str] = Counter()
-
-    def fn(text: str) -> str:
-        out, n = redact_with_counts(text)
-        if n:
-            tally.update(n)
-        return out
+    fn = _counting(tally)
 
     i = interaction
     update = {
@@ -367,12 +369,7 @@ def redact_candidate(
 def redact_pattern(pattern: Pattern, counts: Counter[str] | None = None) -> Pattern:
     """A copy of ``pattern`` with every text field redacted (a second line of defence)."""
     tally: Counter[str] = Counter()
-
-    def fn(text: str) -> str:
-        out, n = redact_with_counts(text)
-        if n:
-            tally.update(n)
-        return out
+    fn = _counting(tally)
 
     update: dict[str, Any] = {
         "name": fn(pattern.name),
