@@ -288,9 +288,17 @@ def test_replaying_the_worker_group_from_the_start_changes_no_score(
         replay_to_start(bootstrap, app_id)
         worker = WorkerProcess(bootstrap, tmp_path / "worker", app_id=app_id)
         try:
-            collector.wait(
-                lambda c: all(c[i] > mark[i] for i in ids), 300, "the replay to re-score all"
-            )
+            try:
+                collector.wait(
+                    lambda c: all(c[i] > mark[i] for i in ids), 300, "the replay to re-score all"
+                )
+            except AssertionError as exc:
+                counts = collector.counts()
+                behind = sorted(i for i in ids if counts[i] <= mark[i])
+                raise AssertionError(
+                    f"{exc}; {len(behind)} of {len(ids)} not re-scored, e.g. {behind[:5]}; "
+                    f"worker: {worker.log()[-2500:]}"
+                ) from None
             collector.settle()
         finally:
             stopped(worker)
