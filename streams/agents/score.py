@@ -4,12 +4,14 @@
 and acks each event only once what it produced has been sent.
 
 Offsets: the stream is read with ``noack_take``, so Faust commits an offset only once this
-agent acks the event, and only up to the first offset not acked yet on its partition. A held
-event is not acked, so its offset (and every later one of its partition) stays uncommitted
-until it is scored: a crash or a rebalance re-reads it. While held it is taken out of the
-consumer's set of unacked messages, which Faust waits to drain before a rebalance or shutdown
-(it could not drain while the partitions are paused); it goes back in when released, so Faust
-waits for the batch being scored. On a revocation the held events are dropped (Faust seeks
+agent acks the event. Acks go through `streams.acks.InOrderAcks`: an event is acked only once
+every earlier event of its partition has been (Faust's own check of that has gaps, so it never
+sees one). A held event is not acked, so its offset (and every later one of its partition)
+stays uncommitted until it is scored: a crash or a rebalance re-reads it. While held (or
+finished but waiting for an earlier one) it is out of the consumer's set of unacked messages,
+which Faust waits to drain before a rebalance or shutdown (it could not drain while the
+partitions are paused); a released one goes back in, so Faust waits for the batch being
+scored. On a revocation the held events are dropped (Faust seeks
 every partition back to its committed offset after a rebalance, so they come again).
 
 Completeness needs the end offsets of caught-up partitions: asked (ListOffsets) when a held
@@ -32,10 +34,12 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from schemas.errors import one_line
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
 from scorers.stage import Pending, RawRecord, arrival_of, needs_lookup
 from scorers.watermark import EventTimeBuffer
+from streams.acks import InOrderAcks
 
 if TYPE_CHECKING:
     import faust
@@ -47,6 +51,7 @@ JSON = b"application/json"
 log = logging.getLogger("learnstream.score")
 
 Key = tuple[str, int]
+QUERY_TIMEOUT_S = 10.0  # one end-offset query; past it the held events wait for the next
 
 
 def _key(tp: Any) -> Key:
@@ -73,12 +78,16 @@ class EndOffsets:
         futures = self._admin.list_offsets(
             {TopicPartition(t, p): spec for t, p in keys}, request_timeout=10
         )
-        return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+        return {
+            (tp.topic, tp.partition): int(f.result(QUERY_TIMEOUT_S).offset)
+            for tp, f in futures.items()
+        }
 
     async def ask(self, keys: Iterable[Key], *, earliest: bool = False) -> dict[Key, int]:
         """The end (or earliest) offset of each partition, asked now."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._query, list(keys), earliest)
+        query = loop.run_in_executor(self.executor, self._query, list(keys), earliest)
+        return await asyncio.wait_for(query, QUERY_TIMEOUT_S + 5)
 
 
 class ScoreLoop:
@@ -100,6 +109,9 @@ class ScoreLoop:
         self._tps: dict[Key, Any] = {}
         self.metrics = ctx.metrics
         self.offsets = EndOffsets(ctx.settings)
+        # Acks in offset order per partition: Faust's commit can pass an unfinished offset.
+        self.acks: InOrderAcks[Any] = InOrderAcks()
+        self._ends_warned = -1e9
 
     # --- Faust's side ------------------------------------------------------------------------
 
@@ -114,6 +126,7 @@ class ScoreLoop:
             return
         self._tps = {_key(tp): tp for tp in assigned}
         if set(self._tps) != self.buffer.partitions:
+            self.acks.drop(self.buffer.partitions - set(self._tps))
             self.buffer.assign(self._tps)
 
     async def _refresh_ends(self) -> None:
@@ -138,10 +151,18 @@ class ScoreLoop:
         ends = await self.offsets.ask(want)
         self.buffer.observe_ends(ends, at)
 
+    def _warn_ends(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._ends_warned >= 30:
+            self._ends_warned = now
+            reason = one_line(str(exc) or type(exc).__name__)
+            log.warning("asking for end offsets failed (%s); held events wait longer", reason)
+
     async def on_revoked(self) -> None:
         """A rebalance: forget what is held (it is read again from the committed offsets)."""
         async with self.lock:
             dropped = self.buffer.clear()
+            self.acks.clear()
             self.metrics.watermark_held.set(0)
         if dropped:
             log.info("rebalance: %d held events will be read again", len(dropped))
@@ -169,6 +190,7 @@ class ScoreLoop:
             now = time.time()
             for e, rec in zip(events, records, strict=True):
                 self.buffer.read(_key(e.message.tp), rec.offset, arrival_of(rec))
+                self.acks.begin(_key(e.message.tp), rec.offset, e)
             ready: list[tuple[Any, Pending]] = []
             for p in parsed:
                 event = events[p.index]
@@ -209,18 +231,43 @@ class ScoreLoop:
                 )
             )
         await asyncio.gather(*sends)
+        await self._ack(events)
+
+    async def _ack(self, events: Sequence[Any], also: Iterable[Any] = ()) -> None:
+        """Ack ``events`` (finished) in offset order: each once no earlier offset of its
+        partition is held; ``also``: events that may be acked now for another reason."""
+        now = list(also)
         for event in events:
-            await self.stream.ack(event)
+            now.extend(self.acks.done(_key(event.message.tp), event.message.offset, event))
+        generation = self.app.consumer_generation_id
+        acked = set()
+        for event in now:
+            acked.add(id(event))
+            # One read before a rebalance is read again (and acked) in the new generation.
+            if event.message.generation_id == generation:
+                await self.stream.ack(event)
+        for event in events:
+            if id(event) not in acked:  # waits behind an earlier offset: no rebalance waits on it
+                self.app.consumer.unacked.discard(event.message)
 
     async def _flush(self, ready: list[tuple[Any, Pending]]) -> None:
         """Score ``ready`` and whatever the watermark releases now; send; ack."""
         if self.watermark and len(self.buffer) and self._flowing():
-            await self._refresh_ends()
+            try:
+                await self._refresh_ends()
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # the max hold still releases what waits too long
+                self._warn_ends(exc)
             generation = self.app.consumer_generation_id
+            unblocked: list[Any] = []
             for h in self.buffer.release(time.time()):
                 event, pending = h.item
                 if event.message.generation_id != generation:
-                    continue  # read before a rebalance: it comes again
+                    # Read before a rebalance: it comes again.
+                    msg = event.message
+                    unblocked += self.acks.forget(_key(msg.tp), msg.offset, event)
+                    continue
                 self.app.consumer.unacked.add(event.message)
                 # An event without a Kafka timestamp was held as arriving when it was read.
                 released = dataclasses.replace(pending, arrival=h.kt, late=h.late, forced=h.forced)
@@ -229,14 +276,15 @@ class ScoreLoop:
                 self.metrics.watermark_hold_seconds.observe((h.released or 0) - h.received)
                 if h.forced:
                     self.metrics.watermark_forced.labels(source).inc()
+            if unblocked:
+                await self._ack([], unblocked)
         self.metrics.watermark_held.set(len(self.buffer))
         if not ready:
             return
         loop = asyncio.get_running_loop()
         scored = await loop.run_in_executor(self.ctx.executor, self._score, [p for _, p in ready])
         await asyncio.gather(*(s for item in scored for s in self._sends(item)))
-        for event, _ in ready:
-            await self.stream.ack(event)
+        await self._ack([event for event, _ in ready])
 
     def _score(self, items: list[Pending]) -> list[ScoredInteraction]:
         scored = self.ctx.stage.score(items)

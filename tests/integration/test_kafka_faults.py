@@ -59,6 +59,51 @@ def _members(bootstrap: str, group: str) -> int:
     return len(info.members) if info.state == ConsumerGroupState.STABLE else 0
 
 
+def _keys_on(bootstrap: str, topics: list[str], keys: set[str]) -> dict[str, int]:
+    """How many of ``keys`` each topic holds (read from the start to the end)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "faults-probe", "enable.auto.commit": False}
+    )
+    found: dict[str, set[str]] = {t: set() for t in topics}
+    try:
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            tps = [TopicPartition(topic, p) for p in meta.partitions]
+            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends if ends[p] > 0])
+            left = {p for p, end in ends.items() if end > 0}
+            deadline = time.monotonic() + 30
+            while left and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                key = (msg.key() or b"").decode(errors="replace")
+                if key in keys:
+                    found[topic].add(key)
+                if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                    left.discard(msg.partition() or 0)
+            consumer.unassign()
+    finally:
+        consumer.close()
+    return {t: len(v) for t, v in found.items()}
+
+
+def _missing(pg_url: str, bootstrap: str, ids: set[str]) -> str:
+    """Where the events not in PostgreSQL got to: for a failure message."""
+    with connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT event_id FROM telemetry_events WHERE event_id = ANY(%s)", (list(ids),)
+        ).fetchall()
+    missing = ids - {r[0] for r in rows}
+    try:
+        where = _keys_on(bootstrap, ["telemetry.vscode", "interactions.scored"], missing)
+    except Exception as exc:  # a diagnostic only
+        where = {"unknown": str(exc)}  # type: ignore[dict-item]
+    return f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), of them on the topics: {where}"
+
+
 def _events(run: str, start: int, count: int) -> list[dict[str, Any]]:
     t0 = datetime(2021, 3, 1, tzinfo=UTC)
     return [
@@ -158,6 +203,7 @@ def test_killed_worker_and_sink_lose_nothing(
             rows = _rows(postgres_url, ids)
             raise AssertionError(
                 f"{exc}: {rows[1]} of {len(ids)} stored, {producer.spooled} spooled; "
+                f"{_missing(postgres_url, bootstrap, ids)}; "
                 f"worker: {workers[1].log()[-3000:]}\nsink: {sinks[1].log()[-3000:]}"
             ) from None
         fault_report(
