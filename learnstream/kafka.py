@@ -121,6 +121,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     from learnstream.brokerprofile import profile_for
 
     conf.update(profile_for(settings).consumer_overrides)
+    conf.update(settings.kafka.consumer_extra)
     return client_config(settings, **{**conf, **overrides})
 
 

@@ -108,6 +108,14 @@ def build_context(settings: Settings, registry: CollectorRegistry | None = None)
     return ctx
 
 
+def group_timings(settings: Settings) -> tuple[float, float]:
+    """The worker's group session timeout and heartbeat interval, in seconds: the setting
+    (``LEARNSTREAM_WORKER__SESSION_TIMEOUT_S``), else the broker profile's."""
+    profile = profile_for(settings)
+    session = settings.worker.session_timeout_s or profile.faust_session_timeout
+    return session, min(profile.faust_heartbeat_interval, session / 3)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -126,6 +134,7 @@ def create_app(
     if web_port == 0:  # Faust wants a real port number
         web_port = free_port()
     profile.prepare_faust()
+    session_timeout, heartbeat_interval = group_timings(settings)
     app = faust.App(
         settings.worker.app_id,
         broker=broker_urls(settings),
@@ -142,8 +151,8 @@ def create_app(
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16384,
         datadir=str(settings.data_dir / "faust"),
-        broker_session_timeout=profile.faust_session_timeout,
-        broker_heartbeat_interval=profile.faust_heartbeat_interval,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=heartbeat_interval,
     )
 
     @app.page("/metrics")

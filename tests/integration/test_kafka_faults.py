@@ -25,7 +25,14 @@ from learnstream.postgres import connect
 from learnstream.settings import load_settings
 from streams.producers import TelemetryProducer
 from tests.integration.conftest import BrokerUnderTest
-from tests.integration.workers import Sink, WorkerProcess, fault_report, wait_for
+from tests.integration.workers import (
+    FAST_FAILOVER_SINK,
+    FAST_FAILOVER_WORKER,
+    Sink,
+    WorkerProcess,
+    fault_report,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -135,12 +142,19 @@ def test_killed_worker_and_sink_lose_nothing(
 
     def start_worker(i: int) -> WorkerProcess:
         return WorkerProcess(
-            bootstrap, tmp_path / f"w{i}", app_id=app_id, LEARNSTREAM_WORKER__EXTRACT="false"
+            bootstrap,
+            tmp_path / f"w{i}",
+            app_id=app_id,
+            LEARNSTREAM_WORKER__EXTRACT="false",
+            **FAST_FAILOVER_WORKER,
         )
 
     # Scale out as an operator does: the second worker joins once the first is working.
     workers = [start_worker(0)]
-    sinks = [Sink(bootstrap, postgres_url, group, tmp_path / f"sink{i}.log") for i in range(2)]
+    sinks = [
+        Sink(bootstrap, postgres_url, group, tmp_path / f"sink{i}.log", **FAST_FAILOVER_SINK)
+        for i in range(2)
+    ]
     producer = _producer(bootstrap, tmp_path, "kill")
     try:
         warm = _events(run, 0, 24)
@@ -386,9 +400,8 @@ def test_worker_killed_during_parallel_sends_resumes_every_partition(
         files.append((source, copy))
     app_id = f"killsend-w-{run}"
     sink = Sink(bootstrap, postgres_url, f"killsend-s-{run}", tmp_path / "sink.log")
-    worker = WorkerProcess(
-        bootstrap, tmp_path / "w", app_id=app_id, LEARNSTREAM_WORKER__EXTRACT="false"
-    )
+    worker_env = {"LEARNSTREAM_WORKER__EXTRACT": "false", **FAST_FAILOVER_WORKER}
+    worker = WorkerProcess(bootstrap, tmp_path / "w", app_id=app_id, **worker_env)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")},
         "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
@@ -410,9 +423,7 @@ def test_worker_killed_during_parallel_sends_resumes_every_partition(
         for p in sends:
             out, _ = p.communicate(timeout=120)
             assert p.returncode == 0, out
-        worker = WorkerProcess(
-            bootstrap, tmp_path / "w", app_id=app_id, LEARNSTREAM_WORKER__EXTRACT="false"
-        )
+        worker = WorkerProcess(bootstrap, tmp_path / "w", app_id=app_id, **worker_env)
         restarted_at = time.monotonic()
         try:
             got = wait_for(
