@@ -19,7 +19,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
 
 from learnstream.metrics import MetricSet
+from learnstream.summary import Summary
 from schemas.dlq import DEAD_LETTER_MAX_BYTES, DeadLetter
 from schemas.topics import DLQ
 
@@ -205,6 +205,7 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._paused = False
+        self.summary = Summary(log, self.name, settings.summary_interval_s)
 
     # -- lifecycle --
 
@@ -250,6 +251,7 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
                 return
             while not self.stop.is_set():
                 self.run_once()
+                self.summary.maybe_log()
         finally:
             self.close()
 
@@ -419,23 +421,9 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
 def consumer_process(
     settings: Settings, log: logging.Logger, stop: threading.Event | None = None
 ) -> Iterator[threading.Event]:
-    """Set up a consumer process; yields its stop event (``stop``, or a new one).
+    """Set up a consumer process; yields its stop event (see
+    `learnstream.signals.process_lifecycle`)."""
+    from learnstream.signals import process_lifecycle
 
-    On the main thread: logging is configured (unless it is already) and SIGINT/SIGTERM set
-    the stop event until the block ends, when the previous handlers are restored.
-    """
-    from learnstream.signals import install_stop_handlers
-
-    stop = stop or threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    if main and not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    previous = install_stop_handlers(stop, log) if main else {}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            if signal.getsignal(sig) is not old:
-                signal.signal(sig, old)
+    with process_lifecycle(settings, log, stop) as stop_event:
+        yield stop_event

@@ -468,6 +468,9 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
             self._send_letters([i for i in batch.items if i.letter is not None])
             batch.letters_sent = True
         self._commit(batch.items)
+        letters = sum(1 for i in batch.items if i.letter is not None)
+        self.summary.add(read=len(batch.items), stored=len(batch.items) - letters)
+        self.summary.add(dead_letters=letters)
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.monotonic() - batch.started)
         self._inflight = None
@@ -688,6 +691,7 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
                 if high >= 0:
                     total += max(high - tp.offset, 0)
             self.metrics.lag.set(total)
+            self.summary.gauge(partitions=len(assignment), lag=total)
         except Exception as exc:  # lag is informational only
             log.debug("lag not available: %s", exc)
 

@@ -76,6 +76,8 @@ class FakeChatServer:
     requests: list[RecordedRequest] = field(default_factory=list)
     max_in_flight: int = 0
     """The most requests the server was answering at once (how parallel its client was)."""
+    bind_port: int = 0
+    """The port to listen on (0: a free one), e.g. one a client already points at."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -95,7 +97,7 @@ class FakeChatServer:
         return Reply(content=self.responder(body), delay_s=self.delay_s)
 
     def start(self) -> FakeChatServer:
-        """Listen on 127.0.0.1 (a free port) in a daemon thread."""
+        """Listen on 127.0.0.1 (``bind_port``, else a free port) in a daemon thread."""
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,7 +151,7 @@ class FakeChatServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self.bind_port), Handler)
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server

@@ -39,10 +39,9 @@ class Context:
                 self._settings = load_settings(**self._overrides)
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
-            logging.basicConfig(
-                level=self._settings.log_level,
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            )
+            from learnstream.signals import configure_logging
+
+            configure_logging(self._settings)
         return self._settings
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:

@@ -9,13 +9,14 @@ DescribeConfigs are not implemented. Production uses Redpanda or Kafka.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import signal
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+log = logging.getLogger("learnstream.devbroker")
 
 
 class DevBroker:
@@ -75,14 +76,11 @@ def remove_record(path: Path) -> None:
 
 def serve(broker_file: Path, num_brokers: int = 1, stop: threading.Event | None = None) -> str:
     """Run the dev broker until SIGINT/SIGTERM (or ``stop`` is set); returns its address."""
+    from learnstream.signals import install_stop_handlers
+
     stop = stop or threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_signal)
-        signal.signal(signal.SIGTERM, _on_signal)
+        install_stop_handlers(stop, log)
     broker = DevBroker(num_brokers)
     write_record(broker_file, broker.bootstrap_servers, num_brokers)
     print(f"dev broker listening on {broker.bootstrap_servers}", flush=True)

@@ -179,6 +179,13 @@ class ProducerSettings(Group):
 
     spool_dir: Path | None = Field(default=None, description="Unset: <data dir>/spool.")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    memory_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="While the spool's disk refuses writes (full), up to this many bytes of "
+        "events wait in memory to be resent (and spooled once the disk has room); past it "
+        "events are dropped, counted and logged.",
+    )
     redact: bool = Field(
         default=True,
         description="Replace secrets (keys, tokens, passwords, private keys) in every event "
@@ -257,6 +264,11 @@ class GatewaySettings(Group):
         description="Open connections at most; at the limit the oldest connection not inside a "
         "request is closed to make room (a request in progress is never cut).",
     )
+    access_log: bool = Field(
+        default=True,
+        description="Log one line per request (logger learnstream.gateway.access, INFO): "
+        "client, method, path, status, response bytes, milliseconds.",
+    )
 
 
 class Settings(BaseSettings):
@@ -280,6 +292,12 @@ class Settings(BaseSettings):
         "becomes a dead letter (every way in: SDK, send, tail, gateway, agents).",
     )
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    summary_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Every long-running process (worker, sink, tailer, gateway) logs a "
+        "one-line summary of what it did this often; 0: never.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)

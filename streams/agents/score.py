@@ -34,6 +34,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from learnstream.summary import Summary
 from schemas.errors import one_line
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
@@ -111,6 +112,8 @@ class ScoreLoop:
         self.offsets = EndOffsets(ctx.settings)
         # Acks in offset order per partition: Faust's commit can pass an unfinished offset.
         self.acks: InOrderAcks[Any] = InOrderAcks()
+        self.summary = Summary(log, "worker", ctx.settings.summary_interval_s)
+        self.summary.add(scored=0, high_value=0, dead_letters=0)
         self._ends_warned = -1e9
 
     # --- Faust's side ------------------------------------------------------------------------
@@ -216,6 +219,7 @@ class ScoreLoop:
 
     async def _send_dead(self, dead: Sequence[Any], events: Sequence[Any]) -> None:
         sends = []
+        self.summary.add(dead_letters=len(dead))
         for letter in dead:
             self.metrics.dead_letters.labels("score").inc()
             dlq_key = base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
@@ -285,6 +289,7 @@ class ScoreLoop:
         scored = await loop.run_in_executor(self.ctx.executor, self._score, [p for _, p in ready])
         await asyncio.gather(*(s for item in scored for s in self._sends(item)))
         await self._ack([event for event, _ in ready])
+        self.summary.add(scored=len(scored), high_value=sum(1 for x in scored if x.high_value))
 
     def _score(self, items: list[Pending]) -> list[ScoredInteraction]:
         scored = self.ctx.stage.score(items)
@@ -311,6 +316,10 @@ class ScoreLoop:
         """Release held events as partitions pass, also while no new record comes."""
         while True:
             await asyncio.sleep(self.tick_s)
+            self.summary.gauge(
+                partitions=len(self._tps), held=len(self.buffer), acks_waiting=self.acks.waiting()
+            )
+            self.summary.maybe_log()
             if not len(self.buffer):
                 continue
             try:

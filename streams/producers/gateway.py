@@ -27,7 +27,6 @@ import hmac
 import io
 import json
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -37,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
@@ -52,13 +50,15 @@ from prometheus_client import (
 
 from learnstream.metrics import MetricSet
 from learnstream.settings import Settings
+from learnstream.summary import Summary
 from schemas.base import Source
 from schemas.dlq import DEAD_LETTER_MAX_BYTES
-from schemas.errors import EventError
+from schemas.errors import EventError, one_line
 from schemas.parsing import parse_event, parse_source
 from streams.producers.sdk import TelemetryProducer
 
 log = logging.getLogger("learnstream.gateway")
+access = logging.getLogger("learnstream.gateway.access")
 
 EVENTS_PREFIX = "/v1/events/"
 NDJSON_TYPES = frozenset(
@@ -266,7 +266,14 @@ class GatewayServer(ThreadingHTTPServer):
         self._busy: set[socket.socket] = set()  # connections inside a request
         self._serving = threading.Event()
         self._closed = False
+        self.summary = Summary(log, "gateway", settings.summary_interval_s)
+        self.summary.add(requests=0, events_accepted=0, events_rejected=0)
         super().__init__(address, GatewayHandler)
+
+    def service_actions(self) -> None:
+        """Once per accept loop (every poll interval): the periodic summary line."""
+        self.summary.gauge(connections=len(self._connections))
+        self.summary.maybe_log()
 
     # --- address -------------------------------------------------------------------------
 
@@ -470,7 +477,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.server.busy(self.connection, False)
 
     def _dispatch_busy(self, handler: Callable[[str], None]) -> None:
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         path = urlsplit(self.path).path
         route = self._route_label = self._route(path)
         if not self.server.begin_request():
@@ -728,6 +735,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
                 )
             results.append(_LineResult(number, event_id=producer.emit(event)))
         accepted = len(results) - rejected
+        server.summary.add(events_accepted=accepted, events_rejected=rejected)
         if accepted:
             server.metrics.events_accepted.labels(source.value).inc(accepted)
         if not rejected:
@@ -812,6 +820,19 @@ class GatewayHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         route = getattr(self, "_route_label", "other")
         self.server.metrics.requests.labels(route, str(int(status))).inc()
+        self.server.summary.add(requests=1)
+        if self.server.settings.gateway.access_log:
+            started = getattr(self, "_started", None)
+            took = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+            access.info(
+                '%s "%s %s" %d %d %.1fms',
+                self.client_address[0],
+                self.command,
+                one_line(self.path, 200),
+                int(status),
+                len(body),
+                took,
+            )
 
     def finish(self) -> None:
         """Flush the last response; when input was left unread, drain it before closing."""
@@ -876,33 +897,22 @@ def make_gateway(
 
 def serve_gateway(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM, then flush the producer and return."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    from learnstream.signals import configure_logging, process_lifecycle
+
+    configure_logging(settings)
     server = make_gateway(settings, host=host, port=port)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _on_signal)
-    try:
-        if server.token is None and server.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning(
-                "no LEARNSTREAM_GATEWAY__TOKEN set: anyone who can reach %s may post events",
-                server.url,
-            )
-        server.start()
-        print(f"gateway listening on {server.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-        print("gateway stopping: flushing events", flush=True)
-    finally:
-        server.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with process_lifecycle(settings, log) as stop:
+        try:
+            if server.token is None and server.host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning(
+                    "no LEARNSTREAM_GATEWAY__TOKEN set: anyone who can reach %s may post events",
+                    server.url,
+                )
+            server.start()
+            print(f"gateway listening on {server.url}", flush=True)
+            while not stop.wait(0.5):
+                pass
+            print("gateway stopping: flushing events", flush=True)
+        finally:
+            server.close()
     print("gateway stopped", flush=True)

@@ -25,7 +25,7 @@ import reprlib
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -94,6 +94,10 @@ class _Flush:
 
 
 _STOP = object()
+
+
+def _memory_size(rec: SpoolRecord) -> int:
+    return len(rec.value) + len(rec.key or b"") + 200
 
 
 def _record_result(results: dict[int, Any], seq: int, err: Any, msg: Any) -> None:
@@ -224,6 +228,10 @@ class TelemetryProducer:
         conf.update(config or {})
         self._producer = Producer(conf)
         self._spool = Spool(self.settings.spool_dir / self.name, ps.spool_max_bytes)
+        # Records the spool's disk refused: resent from here, spooled once the disk has room.
+        self._memory: deque[SpoolRecord] = deque()
+        self._memory_bytes = 0
+        self._memory_max = ps.memory_max_bytes
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._failed: list[tuple[SpoolRecord, bool]] = []  # (record, maybe sent)
         self._seq = time.time_ns()
@@ -365,8 +373,8 @@ class TelemetryProducer:
 
     @property
     def spooled(self) -> int:
-        """Events waiting in the on-disk spool."""
-        return len(self._spool)
+        """Events waiting to be resent: in the on-disk spool (or in memory, its disk full)."""
+        return len(self._spool) + len(self._memory)
 
     @property
     def spooling(self) -> bool:
@@ -680,28 +688,59 @@ class TelemetryProducer:
             self._to_spool(rec)
 
     def _to_spool(self, rec: SpoolRecord) -> None:
-        if self._spool.append(rec):
+        if not self._memory and self._spool.append(rec):
+            self.metrics.spooled.labels(rec.source or "unknown").inc()
+            return
+        size = _memory_size(rec)
+        if self._spool.disk_refused and self._memory_bytes + size <= self._memory_max:
+            if not self._memory:
+                log.warning(
+                    "%s: %s; events wait in memory (up to %d bytes, "
+                    "LEARNSTREAM_PRODUCER__MEMORY_MAX_BYTES) until they are sent or spooled",
+                    self.name,
+                    self._spool.last_error,
+                    self._memory_max,
+                )
+            self._memory.append(rec)
+            self._memory_bytes += size
             self.metrics.spooled.labels(rec.source or "unknown").inc()
             return
         self.metrics.spool_rejected.labels(rec.source or "unknown").inc()
         log.error(
-            "%s: spool full (%d bytes, LEARNSTREAM_PRODUCER__SPOOL_MAX_BYTES); keeping the "
+            "%s: %s (LEARNSTREAM_PRODUCER__SPOOL_MAX_BYTES, __MEMORY_MAX_BYTES); keeping the "
             "oldest events, event %s to %s was NOT kept",
             self.name,
-            self._spool.max_bytes,
+            self._spool.last_error or "the spool is full",
             rec.event_id,
             rec.topic,
         )
+
+    def _respool(self) -> None:
+        """Move what waits in memory to the spool while its disk takes it."""
+        while self._memory and self._spool.append(self._memory[0]):
+            self._memory_bytes -= _memory_size(self._memory.popleft())
+        if not self._memory:
+            self._memory_bytes = 0
+
+    def _backlog(self) -> list[tuple[int, SpoolRecord]]:
+        """The oldest records to resend: the spool's, else (its disk full) memory's."""
+        entries = self._spool.peek(1 if self._backoff > 1.0 else _RESEND_BATCH)
+        if entries or not self._memory:
+            return entries
+        n = 1 if self._backoff > 1.0 else _RESEND_BATCH
+        return [(i + 1, rec) for i, rec in enumerate(itertools.islice(self._memory, n))]
 
     def _maybe_resend(self) -> None:
         now = time.monotonic()
         if now < self._next_resend:
             return
+        self._respool()
         # After a failure, probe with one record so a dead broker costs one timeout.
-        entries = self._spool.peek(1 if self._backoff > 1.0 else _RESEND_BATCH)
+        entries = self._backlog()
         if not entries:
             self._spooling = False
             return
+        from_memory = len(self._spool) == 0
         results: dict[int, Any] = {}
         sent = 0
         for _, rec in entries:
@@ -723,12 +762,15 @@ class TelemetryProducer:
                 self._resent_ok.add(rec.seq)
             else:
                 prefix = False
-        if done:
+        if done and from_memory:
+            for _ in range(done):
+                self._memory_bytes -= _memory_size(self._memory.popleft())
+        elif done:
             self._spool.advance(done_offset, done)
         if prefix:
             self._backoff = 1.0
             self._next_resend = 0.0
-            if len(self._spool) == 0:
+            if len(self._spool) == 0 and not self._memory:
                 self._spooling = False
                 log.info("%s: broker available again; spool drained", self.name)
         else:
@@ -737,7 +779,7 @@ class TelemetryProducer:
             log.info(
                 "%s: resend failed; %d events spooled, next try in %.0fs",
                 self.name,
-                len(self._spool),
+                self.spooled,
                 self._backoff,
             )
 
@@ -755,6 +797,19 @@ class TelemetryProducer:
             self._producer.purge(in_queue=True, in_flight=True)
             self._producer.poll(0)
             self._settle_failures()
+        self._respool()
+        if self._memory:
+            lost = len(self._memory)
+            for rec in self._memory:
+                self.metrics.spool_rejected.labels(rec.source or "unknown").inc()
+            log.error(
+                "%s: %d undelivered events could NOT be kept: %s",
+                self.name,
+                lost,
+                self._spool.last_error,
+            )
+            self._memory.clear()
+            self._memory_bytes = 0
         self._spool.sync()
         self._update_spool_gauges()
         self._publish_counts()
@@ -769,4 +824,4 @@ class TelemetryProducer:
 
     def _update_spool_gauges(self) -> None:
         self.metrics.spool_bytes.labels(self.name).set(self._spool.unsent_bytes)
-        self.metrics.spool_records.labels(self.name).set(len(self._spool))
+        self.metrics.spool_records.labels(self.name).set(self.spooled)

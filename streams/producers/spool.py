@@ -9,6 +9,8 @@ off on open. When everything is sent the files are reset. One process per spool 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -91,8 +93,11 @@ class Spool:
         self._pos = self._read_pos()
         self._end = self._repair_tail()
         self._count = self._count_unsent()
-        self._log: IO[bytes] = open(self._log_path, "ab")  # noqa: SIM115
+        # Unbuffered: a write the disk refuses fails here, whole, not at a later flush.
+        self._log: IO[bytes] = open(self._log_path, "ab", buffering=0)  # noqa: SIM115
         self._dirty = False
+        self.last_error: str | None = None  # why the last append or sync failed
+        self.disk_refused = False  # the last append failed on the disk, not on the cap
 
     def _read_pos(self) -> int:
         try:
@@ -127,26 +132,46 @@ class Spool:
         return self._end - self._pos
 
     def append(self, record: SpoolRecord) -> bool:
-        """Append one record; False (and nothing written) when the spool is full."""
+        """Append one record; False (and nothing written) when the spool is full: its size
+        cap, or a write the disk refused (`last_error` says which)."""
         line = record.encode()
         if self.unsent_bytes + len(line) > self.max_bytes:
+            self.last_error = f"the spool is at its cap of {self.max_bytes} bytes"
+            self.disk_refused = False
             return False
-        self._log.write(line)
+        try:
+            written = self._log.write(line)
+            if written != len(line):  # the disk took only part of it
+                raise OSError(errno.ENOSPC, "No space left on device (a short write)")
+        except OSError as exc:  # a full disk or a file size limit: cut what got half-written
+            self.last_error = f"the disk refused the spool's write ({exc.strerror or exc})"
+            self.disk_refused = True
+            self._truncate_to_end()
+            return False
+        self.disk_refused = False
         self._end += len(line)
         self._count += 1
         self._dirty = True
         return True
 
+    def _truncate_to_end(self) -> None:
+        self._log.close()
+        with contextlib.suppress(OSError):  # else a torn last line is cut on the next open
+            os.truncate(self._log_path, self._end)
+        self._log = open(self._log_path, "ab", buffering=0)  # noqa: SIM115
+
     def sync(self) -> None:
-        """Make appended records durable."""
+        """Make appended records durable (a refused fsync is retried at the next sync)."""
         if self._dirty:
-            self._log.flush()
-            os.fsync(self._log.fileno())
+            try:
+                os.fsync(self._log.fileno())
+            except OSError as exc:
+                self.last_error = f"the disk refused the spool's fsync ({exc.strerror or exc})"
+                return
             self._dirty = False
 
     def peek(self, max_records: int) -> list[tuple[int, SpoolRecord]]:
         """Up to ``max_records`` unsent records, oldest first, each with its end offset."""
-        self._log.flush()
         out: list[tuple[int, SpoolRecord]] = []
         with open(self._log_path, "rb") as f:
             f.seek(self._pos)
@@ -166,15 +191,18 @@ class Spool:
             self._reset()
             return
         tmp = self._pos_path.with_suffix(".tmp")
-        tmp.write_text(str(self._pos))
-        os.replace(tmp, self._pos_path)
+        try:
+            tmp.write_text(str(self._pos))
+            os.replace(tmp, self._pos_path)
+        except OSError as exc:  # a full disk: the sent records may be resent after a restart
+            self.last_error = f"the disk refused the spool's position ({exc.strerror or exc})"
 
     def _reset(self) -> None:
         self._log.close()
         with open(self._log_path, "wb"):
             pass
         self._pos_path.unlink(missing_ok=True)
-        self._log = open(self._log_path, "ab")  # noqa: SIM115
+        self._log = open(self._log_path, "ab", buffering=0)  # noqa: SIM115
         self._pos = self._end = self._count = 0
         self._dirty = False
 

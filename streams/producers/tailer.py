@@ -33,19 +33,19 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from learnstream.settings import Settings
+from learnstream.signals import process_lifecycle
+from learnstream.summary import Summary
 from schemas.base import Source, SourceEvent
 from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.errors import EventError
@@ -634,22 +634,6 @@ class FileTailer:
         return None
 
 
-def _install_signal_handlers(stop: threading.Event, received: list[str]) -> dict[int, Any]:
-    """SIGINT/SIGTERM set ``stop`` (a second one gets the previous handler's behaviour)."""
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.getsignal(sig)
-        signal.signal(sig, handler)
-    return previous
-
-
 def run_tailers(
     settings: Settings,
     specs: Sequence[tuple[Source | str, Path | str]],
@@ -667,22 +651,36 @@ def run_tailers(
     the producers are closed. Signal handlers are installed only on the main thread. Returns
     each tailer's stats.
     """
-    from streams.producers.sdk import TelemetryProducer
-
     if not specs:
         raise ValueError("run_tailers needs at least one (source, path)")
     pairs = [(parse_source(str(s)), Path(p)) for s, p in specs]
     keys = [(s, os.path.abspath(p)) for s, p in pairs]
     if len(set(keys)) != len(keys):
         raise ValueError("the same (source, path) is given twice")
-    stop = stop or threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    if main and not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    with process_lifecycle(settings, log, stop) as stop_event:
+        return _run_tailers(
+            settings,
+            pairs,
+            stop_event,
+            from_start=from_start,
+            poll_interval=poll_interval,
+            registry=registry,
+            rotate_grace=rotate_grace,
         )
-    received: list[str] = []
-    previous = _install_signal_handlers(stop, received) if main else {}
+
+
+def _run_tailers(
+    settings: Settings,
+    pairs: list[tuple[Source, Path]],
+    stop: threading.Event,
+    *,
+    from_start: bool,
+    poll_interval: float,
+    registry: CollectorRegistry | None,
+    rotate_grace: float,
+) -> list[TailerStats]:
+    from streams.producers.sdk import TelemetryProducer
+
     flush_timeout = settings.producer.delivery_timeout_ms / 1000 + 5
     producers: dict[Source, TelemetryProducer] = {}
     tailers: list[FileTailer] = []
@@ -703,16 +701,22 @@ def run_tailers(
             )
             tailers.append(tailer)
             tailer.start()
+        summary = Summary(log, "tailer", settings.summary_interval_s)
         while not stop.is_set():
             more = False
             for tailer in tailers:
                 more = tailer.poll() or more
             _flush_and_checkpoint(tailers, producers, flush_timeout)
+            summary.set_totals(
+                sent=sum(t.stats.sent for t in tailers),
+                invalid=sum(t.stats.invalid for t in tailers),
+                rotations=sum(t.stats.rotations for t in tailers),
+            )
+            summary.gauge(files=len(tailers), spooled=sum(p.spooled for p in producers.values()))
+            summary.maybe_log()
             if not more:
                 stop.wait(poll_interval)
     finally:
-        if received:
-            log.info("received %s; stopping", received[0])
         try:
             _flush_and_checkpoint(tailers, producers, flush_timeout)
         finally:
@@ -732,9 +736,6 @@ def run_tailers(
                     tailer.stats.rotations,
                     tailer.stats.truncations,
                 )
-            for sig, old in previous.items():
-                if signal.getsignal(sig) is not old:
-                    signal.signal(sig, old)
     return [t.stats for t in tailers]
 
 

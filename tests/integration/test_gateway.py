@@ -6,6 +6,7 @@ import base64
 import contextlib
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -546,6 +547,33 @@ def test_healthz(gateway: Gateway) -> None:
     resp = gateway.request("GET", "/healthz")
     assert resp.status == 200
     assert resp.json() == {"status": "ok", "spooling": False, "spooled": 0}
+
+
+def test_an_access_line_per_request_and_a_periodic_summary(
+    make: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "learnstream.gateway")
+    gw = make(summary_interval_s=0.2)
+    gw.post("hybrid", lines(event("hybrid", "dataset_updated"), "nope"))
+    gw.request("GET", "/v1/nowhere")
+    flushed(gw)
+
+    def summaries() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "learnstream.gateway" and r.getMessage().startswith("gateway: requests")
+        ]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("accepted 1 (+1)" in x for x in summaries()):
+        time.sleep(0.1)
+    access = [r.getMessage() for r in caplog.records if r.name == "learnstream.gateway.access"]
+    assert any('"POST /v1/events/hybrid" 422 ' in line for line in access), access
+    assert any('"GET /v1/nowhere" 404 ' in line for line in access), access
+    assert all(line.startswith("127.0.0.1 ") and line.endswith("ms") for line in access)
+    busy = [x for x in summaries() if "events accepted 1 (+1)" in x]
+    assert busy and "events rejected 1 (+1)" in busy[0], summaries()
 
 
 def test_metrics_show_counters_that_moved(gateway: Gateway) -> None:

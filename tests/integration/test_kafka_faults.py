@@ -9,7 +9,10 @@ Each drives the real processes (`learnstream worker`, `learnstream sink`, the pr
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -66,35 +69,36 @@ def _members(bootstrap: str, group: str) -> int:
     return len(info.members) if info.state == ConsumerGroupState.STABLE else 0
 
 
-def _keys_on(bootstrap: str, topics: list[str], keys: set[str]) -> dict[str, int]:
-    """How many of ``keys`` each topic holds (read from the start to the end)."""
+def _read_topic(bootstrap: str, topic: str) -> list[tuple[str, bytes]]:
+    """Every record of ``topic`` now, as (key, value): each partition read up to its end."""
     from confluent_kafka import TopicPartition
 
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "faults-probe", "enable.auto.commit": False}
     )
-    found: dict[str, set[str]] = {t: set() for t in topics}
+    out: list[tuple[str, bytes]] = []
     try:
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            tps = [TopicPartition(topic, p) for p in meta.partitions]
-            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-            consumer.assign([TopicPartition(topic, p, 0) for p in ends if ends[p] > 0])
-            left = {p for p, end in ends.items() if end > 0}
-            deadline = time.monotonic() + 30
-            while left and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                key = (msg.key() or b"").decode(errors="replace")
-                if key in keys:
-                    found[topic].add(key)
-                if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
-                    left.discard(msg.partition() or 0)
-            consumer.unassign()
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        tps = [TopicPartition(topic, p) for p in meta.partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        left = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in left])
+        deadline = time.monotonic() + 30
+        while left and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append(((msg.key() or b"").decode(errors="replace"), msg.value() or b""))
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                left.discard(msg.partition() or 0)
     finally:
         consumer.close()
-    return {t: len(v) for t, v in found.items()}
+    return out
+
+
+def _keys_on(bootstrap: str, topics: list[str], keys: set[str]) -> dict[str, int]:
+    """How many of ``keys`` each topic holds."""
+    return {t: len({k for k, _ in _read_topic(bootstrap, t)} & keys) for t in topics}
 
 
 def _missing(pg_url: str, bootstrap: str, ids: set[str]) -> str:
@@ -282,10 +286,61 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
             recovery_s=time.monotonic() - back_at,
         )
         assert got == (200, 200), (worker.log()[-2000:], sink.log()[-2000:])
+
+        # The broker goes away again while `produce send` runs on a disk too small for its
+        # spool: what the disk refuses waits in memory, and everything arrives once.
+        own_kafka.kill_node(1)
+        third = _events(run, 200, 300)
+        path = tmp_path / "third.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in third))
+        send = _send_on_a_full_disk(bootstrap, path, tmp_path / "full", limit_kib=32)
+        time.sleep(8)
+        own_kafka.start_node(1)
+        back_at = time.monotonic()
+        out, _ = send.communicate(timeout=240)
+        assert send.returncode == 0, out
+        assert "the disk refused the spool's write" in out, out
+        ids |= {e["event_id"] for e in third}
+        got = wait_for(
+            lambda: (r := _rows(postgres_url, ids))[1] == len(ids) and r,
+            240,
+            "every event in PostgreSQL after the send on a full disk",
+        )
+        fault_report(
+            "spool disk full (32 KiB) while the broker is down 8 s",
+            sent=300,
+            stored=got[0] - 200,
+            distinct=got[1] - 200,
+            recovery_s=time.monotonic() - back_at,
+        )
+        assert got == (500, 500), (worker.log()[-2000:], sink.log()[-2000:])
     finally:
         producer.close(10)
         assert sink.stop() == 0, sink.log()[-2000:]
         assert worker.stop() == 0, worker.log()[-2000:]
+
+
+def _send_on_a_full_disk(
+    bootstrap: str, path: Path, data_dir: Path, limit_kib: int
+) -> subprocess.Popen[str]:
+    """`learnstream produce send` whose files cannot grow past ``limit_kib`` KiB (``ulimit
+    -f``: a write past it fails with EFBIG, as on a full disk; SIGXFSZ ignored)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")},
+        "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "LEARNSTREAM_DATA_DIR": str(data_dir),
+        "LEARNSTREAM_PRODUCER__DELIVERY_TIMEOUT_MS": "2000",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    send = [sys.executable, "-m", "learnstream", "produce", "send", "--source", "vscode"]
+    script = f'ulimit -f {limit_kib}; trap "" XFSZ; exec "$@"'
+    return subprocess.Popen(
+        ["bash", "-c", script, "send", *send, "--timeout", "180", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_leader_killed_on_three_nodes_loses_nothing_with_acks_all(
@@ -371,10 +426,6 @@ def test_worker_killed_during_parallel_sends_resumes_every_partition(
 
     On a broker of its own: the examples' high-value interactions must not reach the other
     tests' workers, which read the shared topics from the start."""
-    import os
-    import subprocess
-    import sys
-
     from schemas import parse_event
 
     bootstrap = own_broker.bootstrap_servers
@@ -447,3 +498,219 @@ def test_worker_killed_during_parallel_sends_resumes_every_partition(
     finally:
         sink.stop()
         worker.stop()
+
+
+def test_trainer_killed_mid_job_trains_again_and_publishes_once(
+    own_broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """`kill -9` of the trainer while it trains: the trigger's offset is not committed, so the
+    restarted trainer reads it again and resumes the job; one adapter version, one result."""
+    from schemas.topics import TRAINING_RESULTS, TRAINING_TRIGGERS
+    from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
+    from tests.integration.kafka_helpers import consume
+    from tests.tinymodel import FAST, build_tiny_model, write_dataset
+    from trainers.registry import AdapterRegistry
+
+    bootstrap = own_broker.bootstrap_servers
+    model = str(build_tiny_model(tmp_path / "model"))
+    data_dir = tmp_path / "data"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")},
+        "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "LEARNSTREAM_DATA_DIR": str(data_dir),
+        "LEARNSTREAM_BASE_MODEL": model,
+        **{f"LEARNSTREAM_TRAINING__{k.upper()}": str(v) for k, v in FAST.items()},
+        "LEARNSTREAM_TRAINING__MAX_STEPS": "400",  # long enough to be killed mid-job
+    }
+    subprocess.run(
+        [sys.executable, "-m", "learnstream", "topics", "create"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    settings = load_settings(data_dir=data_dir, base_model=model)
+    write_dataset(settings.dataset_path, queries=40)
+    registry = AdapterRegistry.for_settings(settings, model)
+    trigger = TrainingTrigger(
+        trigger_id=f"kill-{uuid.uuid4().hex[:8]}",
+        base_model=model,
+        reasons=[TriggerReason.MANUAL],
+    )
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, "-m", "learnstream", "trainer"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    first = start("trainer1")
+    second = None
+    try:
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce(
+            TRAINING_TRIGGERS.name, key=model.encode(), value=trigger.model_dump_json().encode()
+        )
+        assert producer.flush(30) == 0
+
+        def running() -> bool:
+            job = registry.read_job(trigger.trigger_id)
+            return job is not None and job.state == "running"
+
+        wait_for(running, 180, "the first trainer's job to run")
+        time.sleep(2)  # mid-job: training steps under way
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        second = start("trainer2")
+        restarted_at = time.monotonic()
+
+        def ours(record: Any) -> bool:
+            return bool(record.json().get("trigger_id") == trigger.trigger_id)
+
+        published = consume(
+            bootstrap,
+            [TRAINING_RESULTS.name],
+            until=lambda kept: len(kept) >= 1,
+            keep=ours,
+            timeout=300,
+            settle=3.0,
+        )
+        recovery = time.monotonic() - restarted_at
+        results = [TrainingResult.model_validate_json(r.value) for r in published]
+        job = registry.read_job(trigger.trigger_id)
+        fault_report(
+            "kill -9 of the trainer mid-job, restart",
+            sent=1,
+            stored=len(results),
+            distinct=len({r.trigger_id for r in results}),
+            recovery_s=recovery,
+            where="training results",
+        )
+        assert len(results) == 1, results  # published once
+        assert results[0].status in ("promoted", "rejected"), results[0].reason
+        assert registry.versions() == [1]  # one adapter version: no job trained twice over
+        assert job is not None and job.state == "done" and job.attempts == 2, job
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+LLM_TASKS = [
+    ("Write a pytest fixture that yields a database connection", "db"),
+    ("Set a static IP address on NixOS for the ens3 interface", "nixos"),
+    ("Share a HashMap between Rust threads with Arc and Mutex", "rust"),
+    ("Add a Kubernetes liveness probe to a Python HTTP service", "k8s"),
+    ("Parse a CSV file with the Go standard library encoding/csv", "csv"),
+    ("Debounce a search box in TypeScript without a library", "debounce"),
+    ("Rotate nginx logs daily with logrotate and keep 14 days", "logrotate"),
+    ("Profile a slow PostgreSQL query with EXPLAIN ANALYZE", "explain"),
+]
+
+
+def _candidate(run: str, n: int, query: str, topic: str) -> dict[str, Any]:
+    answer = (
+        f"Here is how to handle {topic}, step by step.\n1. Set up the {topic} part.\n"
+        f"2. Apply the {topic} change.\n3. Check the {topic} result.\n"
+        f"```\n# {topic}\nrun --{topic} --check\n```\nThis keeps the {topic} change safe."
+    )
+    return {
+        "event": "task_completed",
+        "event_id": f"llm{n}-{run}",
+        "task_id": f"llmtask{n}-{run}",
+        "prompt": query,
+        "output": answer,
+        "iteration": 1,
+        "exit_code": 0,
+        "user_feedback": 1,
+        "context": {"files_modified": ["a.py", "b.py", "c.py", "d.py"], "tools_used": ["pytest"]},
+        "timestamp": (datetime(2022, 5, 1, tzinfo=UTC) + timedelta(minutes=n)).isoformat(),
+    }
+
+
+def test_llm_down_then_slow_every_candidate_learned_once(
+    own_broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """The extractor's LLM endpoint refuses connections, then answers slowly (some replies
+    past the client's timeout): every high-value interaction is still learned exactly once
+    (the heuristic stands in while the circuit is open), and the LLM takes over again."""
+    from extractors.fakellm import FakeChatServer, Reply
+    from learnstream.net import free_port
+
+    bootstrap = own_broker.bootstrap_servers
+    run = uuid.uuid4().hex[:8]
+    port = free_port()
+    worker = WorkerProcess(
+        bootstrap,
+        tmp_path / "w",
+        app_id=f"llm-w-{run}",
+        LEARNSTREAM_BASE_MODEL=f"llm-fault-{run}",
+        LEARNSTREAM_WORKER__TRIGGERS="false",
+        LEARNSTREAM_EXTRACT__LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        LEARNSTREAM_EXTRACT__TIMEOUT_S="2",
+        LEARNSTREAM_EXTRACT__MAX_RETRIES="1",
+        LEARNSTREAM_EXTRACT__RETRY_BACKOFF_S="0.2",
+        LEARNSTREAM_EXTRACT__BREAKER_FAILURE_THRESHOLD="2",
+        LEARNSTREAM_EXTRACT__BREAKER_RESET_S="2",
+    )
+    events = [_candidate(run, n, q, t) for n, (q, t) in enumerate(LLM_TASKS)]
+    ids = {e["event_id"] for e in events}
+    producer = _producer(bootstrap, tmp_path, "llm")
+    llm = FakeChatServer(bind_port=port, delay_s=1.0)  # slow: a second a reply
+    llm.push([Reply(delay_s=3.0, content="{}"), Reply(delay_s=3.0, content="{}")])  # timeouts
+
+    def learned() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for _, value in _read_topic(bootstrap, "patterns.learned"):
+            doc = json.loads(value)
+            if doc.get("event_id") in ids:
+                out.setdefault(doc["event_id"], []).append(doc["pattern"]["extractor"])
+        return out
+
+    try:
+        for e in events[:4]:
+            producer.emit(e, source="ralph")
+        assert producer.drain(60) == 0
+        down = {e["event_id"] for e in events[:4]}
+        wait_for(
+            lambda: down <= set(learned()), 300, "the candidates learned while the LLM is down"
+        )
+        llm.start()
+        back_at = time.monotonic()
+        for e in events[4:]:  # one at a time: each meets the circuit as the last one left it
+            producer.emit(e, source="ralph")
+            assert producer.drain(60) == 0
+            wait_for(lambda e=e: e["event_id"] in learned(), 120, "a candidate, the LLM slow")
+        time.sleep(3)  # anything learned twice would show by now
+        got = learned()
+        dataset = worker.data_dir / "dataset" / "dataset.jsonl"
+        lines = (
+            [json.loads(x) for x in dataset.read_text().splitlines()] if dataset.exists() else []
+        )
+        per_event = [x.get("event_id") for x in lines if x.get("event_id") in ids]
+        fault_report(
+            "LLM endpoint down, then slow (1-3 s a reply, 2 s timeout)",
+            sent=len(ids),
+            stored=sum(len(v) for v in got.values()),
+            distinct=len(got),
+            recovery_s=time.monotonic() - back_at,
+            where="patterns learned",
+        )
+        assert all(len(v) == 1 for v in got.values()), got  # each candidate once
+        assert all(got[i] == ["heuristic"] for i in down), got  # the circuit was open
+        assert "llm" in {x for i in ids - down for x in got[i]}, got  # the LLM took over
+        assert len(per_event) == len(set(per_event)), per_event  # no dataset line twice
+        assert llm.requests, "the LLM was never asked"
+    finally:
+        llm.stop()
+        producer.close(10)
+        assert worker.stop() == 0, worker.log()[-3000:]

@@ -350,6 +350,11 @@ def test_invalid_records_go_to_the_dlq_and_the_sink_keeps_going(
         wait_for(lambda: count_rows(pg_url, ids) == len(ids), what="the valid rows")
         wait_for(lambda: offsets(kafka_env, sink.group_id, topic)[0] == len(records), what="commit")
     assert count_rows(pg_url, [nul.event_id]) == 0
+    # What its periodic summary line says (LEARNSTREAM_SUMMARY_INTERVAL_S).
+    assert sink.summary.total("read") == len(records)
+    assert sink.summary.total("stored") == len(good)
+    assert sink.summary.total("dead_letters") == 3
+    assert sink.summary.line(60).startswith(f"sink: read {len(records)} (+{len(records)}, ")
     assert metric(sink, "learnstream_sink_invalid_total", reason="invalid") == 2
     assert metric(sink, "learnstream_sink_invalid_total", reason="rejected") == 1
 
