@@ -29,9 +29,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import load_settings
+from learnstream.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
-from trainers.config import TrainingSettings
 from trainers.data import prepare_dataset
 from trainers.hotswap import Notice, notify_all
 from trainers.metrics import TrainingMetrics

@@ -10,8 +10,8 @@ records. Offsets are committed synchronously, only by the subclass and only once
 durable; on a revocation or loss the subclass forgets (a revocation: or first finishes) its
 uncommitted records of those partitions, so their next owner reads them again (at-least-once).
 
-Also here: the dead-letter helpers (what a dead letter keeps, its headers) and the signal
-handling of a consumer process (`consumer_process`).
+Also here: the set-up of a consumer process (`consumer_process`). Dead letters are built with
+`schemas.dlq.DeadLetter.from_bytes` and their headers come from `schemas.headers`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypedD
 
 from learnstream.metrics import MetricSet
 from learnstream.summary import Summary
-from schemas.dlq import DEAD_LETTER_MAX_BYTES, DeadLetter
+from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.topics import DLQ
 
 if TYPE_CHECKING:
@@ -95,35 +95,6 @@ def describe(partitions: Iterable[TopicPartition]) -> str:
 
 
 # --- dead letters ----------------------------------------------------------------------------
-
-
-def keep_head(value: bytes | None, error: str) -> tuple[bytes, str, int | None]:
-    """What a dead letter of ``value`` keeps: (bytes, error, original size if cut).
-
-    The whole value, or its first `DLQ_KEEP_BYTES` with the error saying so: base64 makes a
-    dead letter a third larger than its value, so a record near the broker's message size
-    limit would otherwise never fit into ``telemetry.dlq`` (and block the consumer).
-    """
-    raw = value or b""
-    if len(raw) <= DLQ_KEEP_BYTES:
-        return raw, error, None
-    cut = f" (this dead letter keeps the first {DLQ_KEEP_BYTES} of {len(raw)} bytes)"
-    return raw[:DLQ_KEEP_BYTES], error + cut, len(raw)
-
-
-def json_headers(source: str, event_type: str, schema_version: int) -> Headers:
-    """The headers of a JSON record written by the pipeline."""
-    return [
-        ("source", source.encode()),
-        ("event_type", event_type.encode()),
-        ("schema_version", str(schema_version).encode()),
-        ("content-type", b"application/json"),
-    ]
-
-
-def letter_headers(letter: DeadLetter, source: str) -> Headers:
-    """The headers of a dead letter on ``telemetry.dlq``."""
-    return json_headers(source, "dead_letter", letter.schema_version)
 
 
 # --- the consumer ----------------------------------------------------------------------------

@@ -61,11 +61,10 @@ from consumers.base import (
     consumer_process,
     describe,
     drop_partitions,
-    keep_head,
-    letter_headers,
     partition_set,
 )
 from schemas.dlq import DeadLetter
+from schemas.headers import dead_letter_headers
 from schemas.interaction import ScoredInteraction
 from schemas.topics import INTERACTIONS_SCORED
 
@@ -229,8 +228,7 @@ def parse_record(
 
 def dead_letter(value: bytes | None, *, key: bytes | None, error: str, **fields: Any) -> DeadLetter:
     """A stage-``sink`` dead letter keeping the whole value, or its first `DLQ_KEEP_BYTES`."""
-    raw, error, _ = keep_head(value, error)
-    return DeadLetter.from_bytes(raw, key=key, error=error, stage=STAGE, **fields)
+    return DeadLetter.from_bytes(value or b"", key=key, error=error, stage=STAGE, **fields)
 
 
 def commit_positions(items: Iterable[Item]) -> dict[tuple[str, int], int]:
@@ -576,7 +574,7 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
                     self.dlq_topic,
                     value=letter.model_dump_json().encode(),
                     key=key,
-                    headers=letter_headers(letter, letter.source or ""),
+                    headers=[*dead_letter_headers(letter)],
                     on_delivery=on_delivery,
                 )
             except BufferError as exc:

@@ -67,13 +67,11 @@ from consumers.base import (
     consumer_process,
     describe,
     drop_partitions,
-    json_headers,
-    keep_head,
-    letter_headers,
     partition_set,
 )
 from schemas.base import utcnow
 from schemas.dlq import DeadLetter
+from schemas.headers import dead_letter_headers, json_headers
 from schemas.topics import TRAINING_RESULTS, TRAINING_TRIGGERS
 from schemas.training import TrainingResult, TrainingTrigger
 
@@ -122,9 +120,8 @@ def parse_trigger(record: Record) -> TrainingTrigger | DeadLetter:
             return TrainingTrigger.model_validate_json(record.value)
         except ValidationError as exc:
             error = f"not a valid TrainingTrigger: {exc}"
-    raw, error, size = keep_head(record.value, error)
     return DeadLetter.from_bytes(
-        raw,
+        record.value or b"",
         key=record.key,
         topic=record.topic,
         partition=record.partition,
@@ -132,7 +129,6 @@ def parse_trigger(record: Record) -> TrainingTrigger | DeadLetter:
         event_type="training_trigger",
         stage=STAGE,
         error=error,
-        original_size=size,
     )
 
 
@@ -151,7 +147,7 @@ def stored_result(record: JobRecord | None) -> TrainingResult | None:
 
 def result_headers(result: TrainingResult, *, duplicate: bool = False) -> Headers:
     """The headers of a ``training.results`` record (``duplicate: 1`` on a republished one)."""
-    headers = json_headers(STAGE, "training_result", result.schema_version)
+    headers: Headers = [*json_headers(STAGE, "training_result", result.schema_version)]
     if duplicate:
         headers.append(("duplicate", b"1"))
     return headers
@@ -356,7 +352,7 @@ class TrainerConsumer(KafkaConsumerProcess[TrainerMetrics]):
                 self.dlq_topic,
                 key=record.key,
                 value=parsed.model_dump_json().encode(),
-                headers=letter_headers(parsed, STAGE),
+                headers=[*dead_letter_headers(parsed, STAGE)],
                 what="dead letter",
             ):
                 return False

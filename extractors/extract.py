@@ -15,13 +15,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from extractors.config import ExtractSettings
 from extractors.gate import GateSettings, Verdict, assess
 from extractors.heuristic import heuristic_pattern
 from extractors.llm import BreakerState, CircuitBreaker, LLMError, LLMExtractor, NoPattern
 from extractors.metrics import ExtractMetrics
 from extractors.redact import redact_candidate, redact_pattern
 from extractors.refusals import refusal_of
+from learnstream.settings import ExtractSettings
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import Pattern, Refusal
 

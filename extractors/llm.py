@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from extractors.config import ExtractSettings
 from extractors.heuristic import example_from
 from extractors.patterns import (
     MAX_EXAMPLE_CHARS,
@@ -38,6 +37,7 @@ from extractors.patterns import (
     pattern_id_for,
     source_query,
 )
+from learnstream.settings import ExtractSettings
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import Pattern
 

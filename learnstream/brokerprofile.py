@@ -54,14 +54,6 @@ class BrokerProfile:
         """True for the dev broker."""
         return self.name == "mock"
 
-    def prepare_faust(self) -> None:
-        """Patch aiokafka/Faust for this broker before an app starts (only the mock needs it)."""
-        if self.is_mock:
-            from streams.mockcompat import shorten_fetch_wait, tolerate_mock_group_sync
-
-            tolerate_mock_group_sync()
-            shorten_fetch_wait()
-
 
 KAFKA = BrokerProfile(
     "kafka",

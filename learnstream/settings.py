@@ -13,9 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from extractors.config import ExtractSettings
 from schemas.interaction import ScoreWeights
-from trainers.config import TrainingSettings
 
 ENV_PREFIX = "LEARNSTREAM_"
 ENV_NESTED = "__"
@@ -269,6 +267,291 @@ class GatewaySettings(Group):
         description="Log one line per request (logger learnstream.gateway.access, INFO): "
         "client, method, path, status, response bytes, milliseconds.",
     )
+
+
+# --- the pattern-extraction stage (LEARNSTREAM_EXTRACT__*): without llm_base_url only the
+# deterministic heuristic extractor runs ------------------------------------------------
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a senior software engineer. Answer coding and operations questions with a short "
+    "explanation and working, idiomatic code."
+)
+
+
+class ExtractSettings(BaseModel):
+    """Pattern extraction: LLM endpoint, heuristic fallback, merge, dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm_base_url: str | None = Field(
+        default=None,
+        description=(
+            "OpenAI-compatible API base, e.g. http://127.0.0.1:8080/v1 (llama.cpp, Ollama, vLLM);"
+            " requests go to <base>/chat/completions. Unset: heuristic extractor only."
+        ),
+    )
+    llm_model: str = Field(
+        default="local", min_length=1, description="Model name sent in each request."
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None, description="Sent as 'Authorization: Bearer <key>' when set."
+    )
+    temperature: float = Field(default=0.1, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(default=1024, ge=64, le=32_768, description="Completion token cap.")
+    json_mode: bool = Field(
+        default=True,
+        description=(
+            "Ask for response_format json_object; dropped automatically when the server "
+            "rejects it with a 400."
+        ),
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=600, description="Per-request timeout.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on transport errors, timeouts, 429 and 5xx."
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, ge=0, le=60, description="First retry delay; doubles each retry."
+    )
+    max_input_chars: int = Field(
+        default=12_000, ge=500, le=1_000_000, description="Query + response sent to the LLM."
+    )
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, le=1000, description="Consecutive failed calls that open the circuit."
+    )
+    breaker_reset_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds the circuit stays open before one trial call (half-open).",
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=64, description="Candidates extracted in parallel per batch."
+    )
+    batch_size: int = Field(default=16, ge=1, description="Candidates taken per agent batch.")
+    batch_within_s: float = Field(
+        default=0.5, gt=0, description="Longest wait to fill a batch of candidates."
+    )
+    merge_threshold: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=1.0,
+        description="Cosine (name + description) at or above which a new pattern is merged.",
+    )
+    dataset_path: Path | None = Field(
+        default=None, description="The JSONL dataset. Unset: <data dir>/dataset/dataset.jsonl."
+    )
+    gate: bool = Field(
+        default=True,
+        description=(
+            "The substance gate: refuse candidates without reusable content (filler, "
+            "refusals, echoes...) before they become patterns or examples."
+        ),
+    )
+    gate_min_informative_tokens: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description=(
+            "Informative words beyond the question that a prose-only answer (no code, "
+            "commands or steps) needs to pass the gate."
+        ),
+    )
+    gate_max_repetition: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Share of repeated sentences from which a prose answer is refused.",
+    )
+    gate_max_echo_overlap: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Share of the answer's informative words taken from the question (echo).",
+    )
+    max_examples_per_pattern: int = Field(
+        default=8, ge=1, description="Dataset examples kept per pattern (after merging)."
+    )
+    max_near_duplicates: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Dataset examples kept with a near-identical answer to the same question in other "
+            "words; further ones are skipped."
+        ),
+    )
+    near_duplicate_answer_similarity: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard (word 3-shingles) from which answers are near-identical.",
+    )
+    near_duplicate_query_similarity: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Cosine of the query embeddings from which two questions are paraphrases.",
+    )
+    system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        min_length=1,
+        description="System message of every dataset example.",
+    )
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+# --- the training loop (LEARNSTREAM_TRAINING__*): plain pydantic, no torch or transformers
+# import; list settings are JSON in the environment, e.g.
+# LEARNSTREAM_TRAINING__VLLM_SERVERS='["http://vllm:8000"]' ------------------------------
+
+
+class TrainingSettings(BaseModel):
+    """LoRA fine-tuning, evaluation, promotion and hot-swap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- LoRA -----------------------------------------------------------------------------
+    lora_rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / rank).")
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description='Module names to adapt, or ["all-linear"] for every linear layer but the head.',
+    )
+
+    # --- SFT ------------------------------------------------------------------------------
+    epochs: float = Field(default=3.0, gt=0, description="Passes over the train split.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (tests, demo)."
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=16, description="Tokens per example (truncated).")
+    loss_on: Literal["assistant", "all"] = Field(
+        default="assistant",
+        description=(
+            "Tokens that carry the loss in training and evaluation: the assistant's replies "
+            "(needs a chat template with {% generation %} markers or one trl can patch; falls "
+            "back to 'all' with a warning otherwise) or every token."
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Trade compute for memory (large base models)."
+    )
+    seed: int = Field(default=42, description="Seeds the split, LoRA init and data order.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: cuda when available, else cpu."
+    )
+    bf16: bool | Literal["auto"] = Field(
+        default="auto", description="auto: bf16 on a GPU that supports it; never on cpu."
+    )
+
+    # --- data and promotion ---------------------------------------------------------------
+    eval_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="Share of source queries held out for eval."
+    )
+    min_train_examples: int = Field(
+        default=1, ge=1, description="Fewer train examples: the run is skipped."
+    )
+    min_eval_examples: int = Field(
+        default=10,
+        ge=1,
+        description="Fewer eval examples: the run is skipped and nothing is ever promoted.",
+    )
+    min_improvement: float = Field(
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Promote only if candidate loss <= active loss * (1 - this) (relative), and the "
+            "lower bound of the bootstrap interval of the improvement is at least this too."
+        ),
+    )
+    bootstrap_resamples: int = Field(
+        default=2000,
+        ge=100,
+        le=100_000,
+        description="Paired bootstrap resamples of the eval examples (seeded by `seed`).",
+    )
+    bootstrap_confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1.0,
+        description="Two-sided confidence of the bootstrap interval of the improvement.",
+    )
+    golden_set: bool = Field(
+        default=True,
+        description=(
+            "Evaluate on the golden set too and reject a candidate that is worse on it. "
+            "Off: the eval split alone decides."
+        ),
+    )
+    golden_path: Path | None = Field(
+        default=None,
+        description=(
+            "The golden set: a JSONL of chat examples curated by the user, never drawn from the "
+            "dataset. Unset: the sample shipped in evals/golden.jsonl (skipped with a warning "
+            "when the installation has none). A path that does not exist fails the job."
+        ),
+    )
+    max_golden_regression: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Relative golden-set loss increase tolerated: reject if candidate > active * "
+            "(1 + this)."
+        ),
+    )
+    registry_dir: Path | None = Field(
+        default=None, description="Adapter registry folder. Unset: <data dir>/adapters."
+    )
+
+    # --- hot-swap -------------------------------------------------------------------------
+    vllm_servers: list[str] = Field(
+        default_factory=list,
+        description="vLLM base URLs (http://host:8000) told to reload the adapter on promotion.",
+    )
+    webhooks: list[str] = Field(
+        default_factory=list, description="URLs POSTed a JSON notice on every promotion."
+    )
+    lora_name: str = Field(
+        default="learnstream",
+        min_length=1,
+        description="Name under which vLLM serves the active adapter (clients use it as model).",
+    )
+    served_registry_dir: Path | None = Field(
+        default=None,
+        description="The registry folder as the inference servers see it (unset: the same path).",
+    )
+    hotswap_retries: int = Field(default=3, ge=0, le=20, description="Retries per server.")
+    hotswap_backoff_s: float = Field(
+        default=0.5, ge=0.0, description="First retry delay; doubles each retry."
+    )
+    hotswap_timeout_s: float = Field(default=10.0, gt=0, description="Per HTTP request.")
+
+    @field_validator("vllm_servers", "webhooks")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return urls
+
+    @field_validator("vllm_servers")
+    @classmethod
+    def _base_urls(cls, urls: list[str]) -> list[str]:
+        return [url.rstrip("/") for url in urls]
 
 
 class Settings(BaseSettings):

@@ -56,8 +56,12 @@ class DeadLetter(Model):
         size = fields.pop("original_size", None)
         size = len(raw_b) if not isinstance(size, int) else max(size, len(raw_b))
         error = str(fields.pop("error", "") or "unknown error")
-        if len(error) > MAX_REASON_CHARS:
-            error = error[: MAX_REASON_CHARS - 3] + "..."
+        note = ""
+        if len(raw_b) > DEAD_LETTER_MAX_BYTES:
+            note = f" (this dead letter keeps the first {DEAD_LETTER_MAX_BYTES} of {size} bytes)"
+        if len(error) + len(note) > MAX_REASON_CHARS:
+            error = error[: MAX_REASON_CHARS - len(note) - 3] + "..."
+        error += note
         return cls(
             original_b64=base64.b64encode(raw_b[:DEAD_LETTER_MAX_BYTES]).decode(),
             original_key_b64=(

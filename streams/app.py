@@ -133,7 +133,9 @@ def create_app(
         web_port = settings.worker.web_port
     if web_port == 0:  # Faust wants a real port number
         web_port = free_port()
-    profile.prepare_faust()
+    from streams.mockcompat import prepare_faust
+
+    prepare_faust(profile)
     session_timeout, heartbeat_interval = group_timings(settings)
     app = faust.App(
         settings.worker.app_id,

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from learnstream.brokerprofile import BrokerProfile
 
 log = logging.getLogger("learnstream.devbroker")
 
@@ -79,3 +82,11 @@ def shorten_fetch_wait(ms: int = DEV_FETCH_MAX_WAIT_MS) -> None:
 
         cls._create_worker_consumer = _create_worker_consumer
     cls._learnstream_fetch_wait_ms = ms
+
+
+def prepare_faust(profile: BrokerProfile) -> None:
+    """Patch aiokafka/Faust for ``profile``'s broker before an app starts (only the mock
+    needs it)."""
+    if profile.is_mock:
+        tolerate_mock_group_sync()
+        shorten_fetch_wait()

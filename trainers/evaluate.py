@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.config import TrainingSettings
+from learnstream.settings import TrainingSettings
 
 if TYPE_CHECKING:
     from trainers.data import Messages

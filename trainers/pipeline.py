@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
+from learnstream.settings import TrainingSettings
 from schemas.base import utcnow
 from schemas.training import TrainingResult, TrainingTrigger
-from trainers.config import TrainingSettings
 from trainers.metrics import TrainingMetrics
 from trainers.promote import Decision, GoldenResult, Interval, decide, paired_bootstrap
 from trainers.registry import AdapterRegistry, JobRecord, RegistryError, version_name

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from schemas.dlq import DeadLetter
+from schemas.headers import dead_letter_headers, json_headers
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, PATTERNS_CANDIDATES, PATTERNS_LEARNED
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     import faust
 
     from streams.app import StreamContext
-
-JSON = b"application/json"
 
 
 def register(app: faust.App, ctx: StreamContext) -> Any:
@@ -66,7 +65,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
                         dlq_topic.send(
                             key=m.key,
                             value=letter.model_dump_json().encode(),
-                            headers=[("event_type", b"dead_letter"), ("content-type", JSON)],
+                            headers=dead_letter_headers(letter),
                         )
                     )
             results = await loop.run_in_executor(ctx.extract_executor, stage.process, batch)
@@ -78,12 +77,9 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
                     learned_topic.send(
                         key=learned.pattern.pattern_id.encode(),
                         value=learned.model_dump_json().encode(),
-                        headers=[
-                            ("source", b"extract"),
-                            ("event_type", f"pattern_{learned.status}".encode()),
-                            ("schema_version", str(learned.schema_version).encode()),
-                            ("content-type", JSON),
-                        ],
+                        headers=json_headers(
+                            "extract", f"pattern_{learned.status}", learned.schema_version
+                        ),
                     )
                 )
             await asyncio.gather(*sends)

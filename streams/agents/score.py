@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from learnstream.summary import Summary
 from schemas.errors import one_line
+from schemas.headers import dead_letter_headers, json_headers
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
 from scorers.stage import Pending, RawRecord, arrival_of, needs_lookup
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from learnstream.settings import Settings
     from streams.app import StreamContext
 
-JSON = b"application/json"
 log = logging.getLogger("learnstream.score")
 
 Key = tuple[str, int]
@@ -227,11 +227,7 @@ class ScoreLoop:
                 self.dlq_topic.send(
                     key=dlq_key,
                     value=letter.model_dump_json().encode(),
-                    headers=[
-                        ("source", (letter.source or "").encode()),
-                        ("event_type", b"dead_letter"),
-                        ("content-type", JSON),
-                    ],
+                    headers=dead_letter_headers(letter),
                 )
             )
         await asyncio.gather(*sends)
@@ -301,12 +297,7 @@ class ScoreLoop:
         i = scored.interaction
         key = i.event_id.encode()
         value = scored.model_dump_json().encode()
-        headers = [
-            ("source", i.source.value.encode()),
-            ("event_type", i.event_type.encode()),
-            ("schema_version", str(scored.schema_version).encode()),
-            ("content-type", JSON),
-        ]
+        headers = json_headers(i.source.value, i.event_type, scored.schema_version)
         sends = [self.scored_topic.send(key=key, value=value, headers=headers)]
         if scored.high_value:
             sends.append(self.candidates_topic.send(key=key, value=value, headers=headers))

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from schemas.headers import json_headers
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import LearnedPattern
 from schemas.topics import (
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("learnstream.triggers")
 M = TypeVar("M", bound=BaseModel)
-JSON = b"application/json"
 
 
 def refuse_mutation(
@@ -149,12 +149,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
             await triggers_topic.send(
                 key=trigger.base_model.encode(),
                 value=trigger.model_dump_json().encode(),
-                headers=[
-                    ("source", b"triggers"),
-                    ("event_type", b"training_trigger"),
-                    ("schema_version", str(trigger.schema_version).encode()),
-                    ("content-type", JSON),
-                ],
+                headers=json_headers("triggers", "training_trigger", trigger.schema_version),
             )
 
     @app.timer(interval=cfg.check_interval_s)

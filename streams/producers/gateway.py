@@ -52,7 +52,6 @@ from learnstream.metrics import MetricSet
 from learnstream.settings import Settings
 from learnstream.summary import Summary
 from schemas.base import Source
-from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.errors import EventError, one_line
 from schemas.parsing import parse_event, parse_source
 from streams.producers.sdk import TelemetryProducer
@@ -71,7 +70,6 @@ NDJSON_TYPES = frozenset(
     }
 )
 IDLE_TIMEOUT_S = 60.0  # default of LEARNSTREAM_GATEWAY__IDLE_TIMEOUT_S
-DLQ_KEEP_BYTES = DEAD_LETTER_MAX_BYTES  # an oversized line keeps its head (schemas.dlq)
 SKIP_BODY_BYTES = 65_536  # an unread body up to this size is skipped to keep the connection
 LINGER_S = 2.0  # after refusing an unread body, read and drop input this long before closing
 _CHUNK_LINE_MAX = 1024
@@ -755,13 +753,9 @@ class GatewayHandler(BaseHTTPRequestHandler):
 
     def _dead_letter(self, source: Source, number: int, raw: bytes, exc: EventError) -> None:
         self.server.metrics.events_rejected.labels(source.value, exc.kind).inc()
-        reason = exc.reason
-        if exc.kind == "oversized" and len(raw) > DLQ_KEEP_BYTES:
-            raw = raw[:DLQ_KEEP_BYTES]
-            reason += f" (this dead letter keeps its first {DLQ_KEEP_BYTES} bytes)"
-        self.server.producer.dead_letter(
+        self.server.producer.dead_letter(  # an oversized line keeps its head (schemas.dlq)
             raw,
-            reason,
+            exc.reason,
             source=source,
             stage="gateway",
             line_number=number,

@@ -43,6 +43,7 @@ from schemas.base import SCHEMA_VERSION, Source, SourceEvent
 from schemas.dlq import DeadLetter
 from schemas.errors import EventError
 from schemas.events import EVENT_MODELS
+from schemas.headers import dead_letter_headers, json_headers
 from schemas.parsing import check_structure, parse_event, parse_source, validate_event
 from schemas.redact import redact_json
 from schemas.topics import DLQ, telemetry_topic
@@ -51,7 +52,6 @@ from streams.producers.spool import Spool, SpoolRecord
 
 log = logging.getLogger("learnstream.producer")
 
-JSON = b"application/json"
 _RESEND_BATCH = 5000
 _MAX_BACKOFF_S = 30.0
 
@@ -156,23 +156,9 @@ def _serialized(dump: Callable[[], bytes], source: str, event_type: str) -> byte
 
 def record_headers(event: SourceEvent) -> list[tuple[str, bytes]]:
     """The headers every telemetry record carries."""
-    return [
-        ("source", event.SOURCE.value.encode()),
-        ("event_type", event.event_type.encode()),
-        ("schema_version", str(event.schema_version).encode()),
-        ("content-type", JSON),
-        ("event_id", (event.event_id or "").encode()),
-    ]
-
-
-def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The headers of a ``telemetry.dlq`` record."""
-    return [
-        ("source", (letter.source or "").encode()),
-        ("event_type", b"dead_letter"),
-        ("schema_version", str(letter.schema_version).encode()),
-        ("content-type", JSON),
-    ]
+    return json_headers(
+        event.SOURCE.value, event.event_type, event.schema_version, event_id=event.event_id or ""
+    )
 
 
 class TelemetryProducer:
@@ -609,13 +595,9 @@ class TelemetryProducer:
             data = json.loads(value)
             event_type = data.get("event_type") or data.get("event") or ""
             version = data.get("schema_version", SCHEMA_VERSION)
-            headers = [
-                ("source", source.encode()),
-                ("event_type", str(event_type).encode()),
-                ("schema_version", str(version).encode()),
-                ("content-type", JSON),
-                ("event_id", str(data.get("event_id") or "").encode()),
-            ]
+            headers = json_headers(
+                source, str(event_type), version, event_id=str(data.get("event_id") or "")
+            )
         return SpoolRecord(topic, value, key, headers, headers[-1][1].decode(), seq, source)
 
     def _on_dead_letter_delivery(self, seq: int, source: str, err: Any, msg: Any) -> None:

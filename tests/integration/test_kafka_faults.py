@@ -96,11 +96,6 @@ def _read_topic(bootstrap: str, topic: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def _keys_on(bootstrap: str, topics: list[str], keys: set[str]) -> dict[str, int]:
-    """How many of ``keys`` each topic holds."""
-    return {t: len({k for k, _ in _read_topic(bootstrap, t)} & keys) for t in topics}
-
-
 def _missing(pg_url: str, bootstrap: str, ids: set[str]) -> str:
     """Where the events not in PostgreSQL got to: for a failure message."""
     with connect(pg_url) as conn:
@@ -108,11 +103,24 @@ def _missing(pg_url: str, bootstrap: str, ids: set[str]) -> str:
             "SELECT event_id FROM telemetry_events WHERE event_id = ANY(%s)", (list(ids),)
         ).fetchall()
     missing = ids - {r[0] for r in rows}
-    try:
-        where = _keys_on(bootstrap, ["telemetry.vscode", "interactions.scored"], missing)
-    except Exception as exc:  # a diagnostic only
-        where = {"unknown": str(exc)}  # type: ignore[dict-item]
-    return f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), of them on the topics: {where}"
+    where = {}
+    for topic in ("telemetry.vscode", "interactions.scored", "telemetry.dlq"):
+        try:
+            records = _read_topic(bootstrap, topic)
+        except Exception as exc:  # a diagnostic only
+            where[topic] = f"unreadable: {exc}"
+            continue
+        if topic == "telemetry.dlq":
+            text = b"\n".join(v for _, v in records)
+            where[topic] = f"{sum(1 for i in missing if i.encode() in text)} missing"
+            continue
+        keys = [k for k, _ in records]
+        found = set(keys) & ids
+        where[topic] = (
+            f"{len(found & missing)} missing, {len(found)} of all {len(ids)} "
+            f"({len(keys)} records read)"
+        )
+    return f"{len(missing)} missing (e.g. {sorted(missing)[:4]}); on the topics: {where}"
 
 
 def _events(run: str, start: int, count: int) -> list[dict[str, Any]]:
@@ -520,7 +528,8 @@ def test_trainer_killed_mid_job_trains_again_and_publishes_once(
         "LEARNSTREAM_DATA_DIR": str(data_dir),
         "LEARNSTREAM_BASE_MODEL": model,
         **{f"LEARNSTREAM_TRAINING__{k.upper()}": str(v) for k, v in FAST.items()},
-        "LEARNSTREAM_TRAINING__MAX_STEPS": "400",  # long enough to be killed mid-job
+        "LEARNSTREAM_TRAINING__MAX_STEPS": "200",  # long enough to be killed mid-training
+        **FAST_FAILOVER_SINK,  # the restarted trainer joins once the dead one's session ends
     }
     subprocess.run(
         [sys.executable, "-m", "learnstream", "topics", "create"],
@@ -563,7 +572,8 @@ def test_trainer_killed_mid_job_trains_again_and_publishes_once(
             return job is not None and job.state == "running"
 
         wait_for(running, 180, "the first trainer's job to run")
-        time.sleep(2)  # mid-job: training steps under way
+        log1 = tmp_path / "trainer1.log"
+        wait_for(lambda: "train step 20/" in log1.read_text(), 180, "training steps under way")
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         second = start("trainer2")

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from learnstream.settings import load_settings
+from learnstream.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import FAST, TOPICS, build_tiny_model, write_dataset
-from trainers.config import TrainingSettings
 from trainers.pipeline import run_training_job
 from trainers.registry import AdapterRegistry
 

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import Settings, load_settings
+from learnstream.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import FAST, RecordingServer, build_tiny_model, write_dataset
-from trainers.config import TrainingSettings
 from trainers.data import prepare_dataset
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job

@@ -13,13 +13,12 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from consumers.trainer import run_trainer
-from learnstream.settings import load_settings
+from learnstream.settings import TrainingSettings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 from tests.integration.kafka_helpers import Record, consume
 from tests.tinymodel import FAST, build_tiny_model, write_dataset
-from trainers.config import TrainingSettings
 from trainers.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from extractors.config import ExtractSettings
 from extractors.extract import Extractor
 from extractors.fakellm import FakeChatServer, Reply
 from extractors.llm import (
@@ -24,6 +23,7 @@ from extractors.llm import (
 )
 from extractors.metrics import ExtractMetrics
 from learnstream.net import free_port
+from learnstream.settings import ExtractSettings
 from tests.unit.test_extract_support import candidate
 
 GOOD = json.dumps(

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from extractors.config import ExtractSettings
 from extractors.extract import Extractor
 from extractors.fakellm import FakeChatServer, Reply
 from extractors.gate import (
@@ -23,6 +22,7 @@ from extractors.gate import (
 )
 from extractors.llm import NoPattern, parse_pattern_fields
 from extractors.metrics import ExtractMetrics
+from learnstream.settings import ExtractSettings
 from tests.unit.test_extract_support import RESPONSE, candidate
 
 

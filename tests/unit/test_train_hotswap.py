@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import load_settings
+from learnstream.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import RecordingServer
-from trainers.config import TrainingSettings
 from trainers.hotswap import Notice, notify_all, notify_vllm, notify_webhook, served_path
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job

@@ -12,10 +12,9 @@ from prometheus_client import CollectorRegistry
 
 import trainers.evaluate
 import trainers.train
-from learnstream.settings import Settings, load_settings
+from learnstream.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import TOPICS, write_dataset
-from trainers.config import TrainingSettings
 from trainers.data import assign_split, normalize_query
 from trainers.evaluate import SHIPPED_GOLDEN, EvalResult, load_golden
 from trainers.metrics import TrainingMetrics

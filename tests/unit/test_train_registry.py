@@ -12,11 +12,10 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import Settings, load_settings
+from learnstream.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 from tests.tinymodel import write_dataset
 from trainers.commands import adapters
-from trainers.config import TrainingSettings
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job
 from trainers.registry import (
