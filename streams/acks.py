@@ -82,3 +82,41 @@ class InOrderAcks(Generic[T]):
         """Forget everything (a rebalance: the partitions are read again from the committed
         offsets); how many waiting items were dropped."""
         return self.drop(list({*self._held, *self._waiting}))
+
+
+class OffsetGaps:
+    """Per partition, the next offset the agent should see; says when records were skipped.
+
+    Faust delivers a partition's records in offset order, but around a rebalance its stream
+    can drop records that were fetched (a generation change, a suspended flow) without reading
+    them again, and its commit can then pass them (see the module docstring). A record whose
+    offset is past the next one expected is such a gap; the agent reads the partition again
+    from the expected offset. The start of a partition in a generation is its committed offset
+    when the consumer knows it, else its first record. A gap seen again after reading again is
+    real (control records of a transactional producer, a compacted topic) and is accepted.
+    """
+
+    def __init__(self) -> None:
+        self._expected: dict[Hashable, int] = {}
+        self._generation: object = None
+        self._reread: set[tuple[Hashable, int]] = set()
+
+    def new_generation(self, generation: object) -> None:
+        """A rebalance: every partition starts again."""
+        if generation != self._generation:
+            self._generation = generation
+            self._expected.clear()
+
+    def observe(self, partition: Hashable, offset: int, committed: int | None) -> int | None:
+        """A record at ``offset``: the offset to read again from when records before it were
+        skipped (once per gap), else None."""
+        expected = self._expected.get(partition)
+        if expected is None:
+            expected = committed if committed is not None and committed >= 0 else offset
+        if offset > expected and (partition, expected) not in self._reread:
+            self._reread.add((partition, expected))
+            self._expected[partition] = expected
+            return expected
+        if offset >= expected:
+            self._expected[partition] = offset + 1
+        return None

@@ -41,7 +41,7 @@ from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
 from scorers.stage import Pending, RawRecord, arrival_of, needs_lookup
 from scorers.watermark import EventTimeBuffer
-from streams.acks import InOrderAcks
+from streams.acks import InOrderAcks, OffsetGaps
 
 if TYPE_CHECKING:
     import faust
@@ -112,6 +112,7 @@ class ScoreLoop:
         self.offsets = EndOffsets(ctx.settings)
         # Acks in offset order per partition: Faust's commit can pass an unfinished offset.
         self.acks: InOrderAcks[Any] = InOrderAcks()
+        self.gaps = OffsetGaps()
         self.summary = Summary(log, "worker", ctx.settings.summary_interval_s)
         self.summary.add(scored=0, high_value=0, dead_letters=0)
         self._ends_warned = -1e9
@@ -172,9 +173,101 @@ class ScoreLoop:
 
     # --- the work ----------------------------------------------------------------------------
 
+    async def _recover_gaps(self, events: Sequence[Any]) -> None:
+        """Score the records Faust skipped before ``events`` (see `streams.acks.OffsetGaps`),
+        read on the side, before anything after them is acked."""
+        self.gaps.new_generation(self.app.consumer_generation_id)
+        committed: Mapping[Any, Any] = getattr(self.app.consumer, "_committed_offset", {})
+        skipped: dict[Key, tuple[int, int]] = {}
+        for e in events:
+            k = _key(e.message.tp)
+            if k in skipped:
+                continue
+            start = self.gaps.observe(k, e.message.offset, committed.get(e.message.tp))
+            if start is not None:
+                skipped[k] = (start, e.message.offset)
+                log.warning(
+                    "%s[%d]: offset %d came where %d was due (Faust skipped records around a "
+                    "rebalance); scoring %d-%d read on the side",
+                    k[0],
+                    k[1],
+                    e.message.offset,
+                    start,
+                    start,
+                    e.message.offset - 1,
+                )
+        if not skipped:
+            return
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(self.offsets.executor, self._read_range, skipped)
+        parsed, dead = await loop.run_in_executor(
+            self.ctx.executor, self.ctx.stage.parse_records, records
+        )
+        self.summary.add(dead_letters=len(dead), recovered=len(records))
+        ready = [Pending(p.interaction, arrival_of(p.record)) for p in parsed]
+        scored = await loop.run_in_executor(self.ctx.executor, self._score, ready) if ready else []
+        sends = [s for item in scored for s in self._sends(item)]
+        for letter in dead:
+            dlq_key = base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
+            sends.append(
+                self.dlq_topic.send(
+                    key=dlq_key,
+                    value=letter.model_dump_json().encode(),
+                    headers=dead_letter_headers(letter),
+                )
+            )
+        await asyncio.gather(*sends)
+        self.summary.add(scored=len(scored), high_value=sum(1 for x in scored if x.high_value))
+
+    def _read_range(self, ranges: Mapping[Key, tuple[int, int]]) -> list[RawRecord]:
+        """The records ``[start, end)`` of each partition, read with a consumer of its own."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        from learnstream.kafka import client_config
+
+        consumer = Consumer(
+            client_config(
+                self.ctx.settings,
+                **{"group.id": "learnstream-gap-reader", "enable.auto.commit": False},
+            )
+        )
+        out: list[RawRecord] = []
+        try:
+            left = dict(ranges)
+            consumer.assign([TopicPartition(t, p, start) for (t, p), (start, _) in left.items()])
+            deadline = time.monotonic() + QUERY_TIMEOUT_S
+            while left and time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                k = (str(msg.topic()), int(msg.partition() or 0))
+                offset = int(msg.offset() or 0)
+                if k not in left or offset >= left[k][1]:
+                    left.pop(k, None)
+                    continue
+                ts_type, ts = msg.timestamp()
+                out.append(
+                    RawRecord(
+                        k[0],
+                        k[1],
+                        offset,
+                        msg.key(),
+                        msg.value() or b"",
+                        ts / 1000 if ts_type else None,
+                    )
+                )
+                if offset + 1 >= left[k][1]:
+                    left.pop(k)
+            if left:
+                log.warning("could not read the skipped records of %s in time", sorted(left))
+        finally:
+            consumer.close()
+        return out
+
     async def on_events(self, events: Sequence[Any]) -> None:
         """One batch from the stream: dead letters out, look-up events held, the rest scored."""
         ctx = self.ctx
+        await self._recover_gaps(events)
         records = [
             RawRecord(
                 e.message.topic,

@@ -110,15 +110,12 @@ def _missing(pg_url: str, bootstrap: str, ids: set[str]) -> str:
         except Exception as exc:  # a diagnostic only
             where[topic] = f"unreadable: {exc}"
             continue
-        if topic == "telemetry.dlq":
-            text = b"\n".join(v for _, v in records)
-            where[topic] = f"{sum(1 for i in missing if i.encode() in text)} missing"
-            continue
-        keys = [k for k, _ in records]
-        found = set(keys) & ids
+        # Telemetry records are keyed by session: look for the ids in the values.
+        text = b"\n".join(v for _, v in records)
+        found = {i for i in ids if f'"{i}"'.encode() in text}
         where[topic] = (
             f"{len(found & missing)} missing, {len(found)} of all {len(ids)} "
-            f"({len(keys)} records read)"
+            f"({len(records)} records read)"
         )
     return f"{len(missing)} missing (e.g. {sorted(missing)[:4]}); on the topics: {where}"
 

@@ -113,3 +113,21 @@ def test_through_the_gate_no_commit_passes_an_unfinished_offset(committed: int |
             lowest = min(unfinished, default=start + len(offsets))
             assert all(c <= lowest for c in commits), (finish, acked, commits)
         assert acked == offsets
+
+
+def test_a_skipped_record_is_read_again_once_and_a_real_gap_accepted() -> None:
+    from streams.acks import OffsetGaps
+
+    gaps = OffsetGaps()
+    gaps.new_generation(1)
+    assert gaps.observe(P, 10, committed=10) is None
+    assert gaps.observe(P, 11, committed=10) is None
+    assert gaps.observe(P, 14, committed=10) == 12  # 12 and 13 were skipped: read again
+    assert gaps.observe(P, 15, committed=10) is None  # buffered before the seek: accepted
+    assert gaps.observe(P, 12, committed=10) is None  # the re-read
+    gaps.new_generation(2)  # a rebalance: the committed offset is the start again
+    assert gaps.observe(P, 20, committed=16) == 16
+    assert gaps.observe(Q, 5, committed=None) is None  # no committed offset: its first record
+    assert gaps.observe(Q, 6, committed=None) is None
+    gaps.new_generation(3)
+    assert gaps.observe(P, 20, committed=16) is None  # seen before: a real gap (e.g. markers)
