@@ -203,20 +203,11 @@ class ScoreLoop:
         parsed, dead = await loop.run_in_executor(
             self.ctx.executor, self.ctx.stage.parse_records, records
         )
-        self.summary.add(dead_letters=len(dead), recovered=len(records))
+        self.summary.add(recovered=len(records))
         ready = [Pending(p.interaction, arrival_of(p.record)) for p in parsed]
         scored = await loop.run_in_executor(self.ctx.executor, self._score, ready) if ready else []
         sends = [s for item in scored for s in self._sends(item)]
-        for letter in dead:
-            dlq_key = base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
-            sends.append(
-                self.dlq_topic.send(
-                    key=dlq_key,
-                    value=letter.model_dump_json().encode(),
-                    headers=dead_letter_headers(letter),
-                )
-            )
-        await asyncio.gather(*sends)
+        await asyncio.gather(*sends, *self._dead_letter_sends(dead))
         self.summary.add(scored=len(scored), high_value=sum(1 for x in scored if x.high_value))
 
     def _read_range(self, ranges: Mapping[Key, tuple[int, int]]) -> list[RawRecord]:
@@ -310,9 +301,10 @@ class ScoreLoop:
             await self._send_dead(dead, dead_events)
             await self._flush(ready)
 
-    async def _send_dead(self, dead: Sequence[Any], events: Sequence[Any]) -> None:
-        sends = []
+    def _dead_letter_sends(self, dead: Sequence[Any]) -> list[Any]:
+        """The sends of ``dead`` to the DLQ (counted)."""
         self.summary.add(dead_letters=len(dead))
+        sends = []
         for letter in dead:
             self.metrics.dead_letters.labels("score").inc()
             dlq_key = base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
@@ -323,7 +315,10 @@ class ScoreLoop:
                     headers=dead_letter_headers(letter),
                 )
             )
-        await asyncio.gather(*sends)
+        return sends
+
+    async def _send_dead(self, dead: Sequence[Any], events: Sequence[Any]) -> None:
+        await asyncio.gather(*self._dead_letter_sends(dead))
         await self._ack(events)
 
     async def _ack(self, events: Sequence[Any], also: Iterable[Any] = ()) -> None:

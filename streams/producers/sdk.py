@@ -689,8 +689,8 @@ class TelemetryProducer:
             return
         self.metrics.spool_rejected.labels(rec.source or "unknown").inc()
         log.error(
-            "%s: %s (LEARNSTREAM_PRODUCER__SPOOL_MAX_BYTES, __MEMORY_MAX_BYTES); keeping the "
-            "oldest events, event %s to %s was NOT kept",
+            "%s: spool full: %s (LEARNSTREAM_PRODUCER__SPOOL_MAX_BYTES, __MEMORY_MAX_BYTES); "
+            "keeping the oldest events, event %s to %s was NOT kept",
             self.name,
             self._spool.last_error or "the spool is full",
             rec.event_id,
