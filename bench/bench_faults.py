@@ -9,7 +9,13 @@ recording its figures, then prints
 run of the same test uses 7.5 s). Needs Java 17+ and Maven (the suite's local Kafka), or
 ``LEARNSTREAM_TEST_BOOTSTRAP`` for an external cluster (then the node-kill scenarios skip).
 
-    python bench/bench_faults.py            # about 8 minutes on 2 cores
+    python bench/bench_faults.py            # about 6 minutes on 2 cores
+    python bench/bench_faults.py -k "trainer or llm"
+
+Scenarios: kill -9 of a worker and a sink (2 of each), of the only worker during 4 parallel
+`produce send` runs, of the trainer mid-training; a broker kill and restart; the spool's disk
+full (``ulimit -f``) while the broker is down; a partition-leader kill on three nodes;
+PostgreSQL down under the sink; the LLM endpoint down, then slow.
 """
 
 from __future__ import annotations
