@@ -815,7 +815,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         route = getattr(self, "_route_label", "other")
         self.server.metrics.requests.labels(route, str(int(status))).inc()
         self.server.summary.add(requests=1)
-        if self.server.settings.gateway.access_log:
+        if self.server.settings.gateway.access_log and access.isEnabledFor(logging.INFO):
             started = getattr(self, "_started", None)
             took = (time.perf_counter() - started) * 1000 if started is not None else 0.0
             access.info(
