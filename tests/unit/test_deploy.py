@@ -375,6 +375,8 @@ def test_every_topic_is_known() -> None:
                 if word.startswith("-") or word in ("\\", "$REPLICAS", '"$REPLICAS"'):
                     break
                 assert word.strip("`'\").,") in known, f"{where}: rpk on unknown topic {word}"
+                if word.endswith((")", ".", ",")):  # the end of a sentence or parenthesis
+                    break
 
 
 def test_every_consumer_group_is_real() -> None:
@@ -612,3 +614,50 @@ def test_alerts() -> None:
     assert 'status="failed"' in rules["LearnstreamTrainingFailed"]["expr"]
     (prometheus,) = load_yaml(PROMETHEUS)
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
+
+
+def require_tool(name: str) -> str:
+    """The path of ``name``; skips without it, except under CI=true, where it must be there."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (CI installs it: apt-get install prometheus)")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+    return path
+
+
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
+
+
+def test_alert_rules_check_and_unit_tests_pass() -> None:
+    promtool = require_tool("promtool")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in check.stdout
+    run = subprocess.run(
+        [promtool, "test", "rules", str(ALERT_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    (doc,) = load_yaml(ALERT_TESTS)
+    assert doc["rule_files"] == [ALERTS.name]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in doc["tests"]:
+        for check in case["alert_rule_test"]:
+            (firing if check["exp_alerts"] else quiet).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert firing == names, f"alerts without a firing case: {names - firing}"
+    assert quiet == names, f"alerts without a not-firing case: {names - quiet}"
