@@ -32,6 +32,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML parses the deploy manifests")
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+K8S_GPU = DEPLOY / "k8s-gpu"
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_FILE = DEPLOY / "learnstream.env"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "learnstream.json"
@@ -491,12 +492,12 @@ def test_k8s_base() -> None:
         "containers"
     ]
     assert job_container["args"] == ["topics", "create"]
-    (patch,) = load_yaml(K8S / "trainer-gpu-patch.yaml")
+    (patch,) = load_yaml(K8S_GPU / "trainer-gpu-patch.yaml")
     assert patch["metadata"]["name"] == "learnstream-trainer"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_kustomize_builds(tmp_path: Path) -> None:
+def test_kustomize_builds() -> None:
     def build(path: Path) -> list[dict[str, Any]]:
         out = subprocess.run(
             ["kubectl", "kustomize", str(path)],
@@ -513,13 +514,7 @@ def test_kustomize_builds(tmp_path: Path) -> None:
         o["metadata"].get("namespace") == "learnstream" for o in objects if o["kind"] != "Namespace"
     )
     assert any(o["kind"] == "ConfigMap" for o in objects)
-    overlay = tmp_path / "gpu"
-    overlay.mkdir()
-    shutil.copy(K8S / "trainer-gpu-patch.yaml", overlay)
-    (overlay / "kustomization.yaml").write_text(
-        f"resources:\n  - {os.path.relpath(K8S, overlay)}\n"
-        "patches:\n  - path: trainer-gpu-patch.yaml\n"
-    )
+    overlay = K8S_GPU
     trainer = next(o for o in build(overlay) if o["metadata"]["name"] == "learnstream-trainer")
     (container,) = trainer["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -661,3 +656,175 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert firing == names, f"alerts without a firing case: {names - firing}"
     assert quiet == names, f"alerts without a not-firing case: {names - quiet}"
+
+
+# --- compose: the bundled broker is optional -----------------------------------------------
+
+BUNDLED_BROKER = {"redpanda", "redpanda-config", "console"}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR}`` with the variables in ``env``."""
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3) or ""
+        return env.get(name) or default
+
+    return re.sub(r"\$\{(\w+)(:?-([^}]*))?\}", one, value)
+
+
+def test_compose_runs_on_an_external_broker_without_edits(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    for name in BUNDLED_BROKER:
+        assert services[name]["profiles"] == ["redpanda"], name
+    for name, service in services.items():
+        if name in BUNDLED_BROKER:
+            continue
+        assert "profiles" not in service, name
+        depends = service.get("depends_on") or {}
+        for dependency in depends if isinstance(depends, dict) else {d: {} for d in depends}:
+            if dependency in BUNDLED_BROKER:
+                assert depends[dependency].get("required") is False, f"{name} -> {dependency}"
+    assert "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS" not in read_env_file(ENV_FILE)
+    external = "kafka-1:9092,kafka-2:9092"
+    for name in LEARNSTREAM_SERVICES:
+        raw = services[name]["environment"]["LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS"]
+        assert interpolate(raw, {}) == "redpanda:9092", name
+        assert interpolate(raw, {"KAFKA_BOOTSTRAP_SERVERS": external}) == external, name
+        env = {
+            k: interpolate(str(v), {"KAFKA_BOOTSTRAP_SERVERS": external, "GATEWAY_TOKEN": "t"})
+            for k, v in services[name]["environment"].items()
+        }
+        settings = validate_env({**read_env_file(ENV_FILE), **env}, monkeypatch)
+        assert settings.kafka.bootstrap_servers == external, name
+    # The compose header and the README show both ways.
+    header = COMPOSE.read_text()
+    for text in (header, readme_section()):
+        assert "--profile redpanda up -d" in text
+        assert "KAFKA_BOOTSTRAP_SERVERS=" in text
+
+
+def test_worker_scale_examples_agree() -> None:
+    scales = {
+        (where, int(n))
+        for where, text in all_texts().items()
+        for n in re.findall(r"--scale worker=(\d+)", text)
+    }
+    assert {where for where, _ in scales} >= {"deploy/compose.yaml", "README.md#operating"}
+    assert len({n for _, n in scales}) == 1, scales
+    (n,) = {n for _, n in scales}
+    assert n <= TOPICS["telemetry.ralph"].partitions
+
+
+# --- Kubernetes: TLS, ingress, KEDA auth, GPU overlay, paths ---------------------------------
+
+TLS_DIR = "/etc/learnstream/tls"
+
+
+def test_every_kafka_client_mounts_the_tls_secret() -> None:
+    workloads = {
+        o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] in ("Deployment", "Job")
+    }
+    assert set(workloads) == {
+        "learnstream-topics-init",
+        "learnstream-gateway",
+        "learnstream-worker",
+        "learnstream-sink",
+        "learnstream-trainer",
+    }
+    for name, obj in workloads.items():
+        spec = obj["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        assert volumes["kafka-tls"]["secret"] == {
+            "secretName": "learnstream-kafka-tls",
+            "optional": True,
+        }, name
+        (container,) = spec["containers"]
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        assert mounts["kafka-tls"]["mountPath"] == TLS_DIR and mounts["kafka-tls"]["readOnly"]
+    # The commented TLS settings point into that folder.
+    for path in re.findall(r"SSL_\w+_LOCATION[:=]\s*(\S+)", (K8S / "secret.yaml").read_text()):
+        assert path.startswith(TLS_DIR + "/"), path
+
+
+def test_gateway_ingress_has_tls_and_routes_to_the_gateway() -> None:
+    (ingress,) = load_yaml(K8S / "gateway-ingress.yaml")
+    assert ingress["kind"] == "Ingress"
+    assert ingress["metadata"]["namespace"] == "learnstream"
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"]
+    hosts = set(tls["hosts"])
+    service = by_kind("Service")["learnstream-gateway"]
+    port = service["spec"]["ports"][0]["port"]
+    paths = []
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in hosts, "every host is served over TLS"
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert (backend["name"], backend["port"]["number"]) == ("learnstream-gateway", port)
+            paths.append(path["path"])
+    assert "/v1/" in paths and "/metrics" not in paths
+    kustomization = load_yaml(K8S / "kustomization.yaml")[0]
+    assert "gateway-ingress.yaml" not in kustomization["resources"], "needs a controller: optional"
+
+
+def test_keda_trigger_authentication_for_sasl() -> None:
+    secret, auth = load_yaml(K8S / "keda-trigger-auth.yaml")
+    assert auth["kind"] == "TriggerAuthentication" and auth["apiVersion"] == "keda.sh/v1alpha1"
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert {"sasl", "username", "password", "tls", "ca"} <= set(refs)
+    assert secret["kind"] == "Secret"
+    for ref in refs.values():
+        assert ref["name"] == secret["metadata"]["name"]
+        assert ref["key"] in secret["stringData"]
+    assert secret["stringData"]["sasl"] in ("plaintext", "scram_sha256", "scram_sha512")
+    text = (K8S / "keda-scaledobject.yaml").read_text()
+    assert re.search(r"#\s*authenticationRef:\s*\n\s*#\s*name: " + auth["metadata"]["name"], text)
+
+
+def test_every_deploy_path_mentioned_exists() -> None:
+    user_files = {"deploy/.env"}  # the user's own (tokens), never shipped
+    seen = set()
+    for where, text in all_texts().items():
+        for path in re.findall(r"(?<![\w/.-])(deploy/[\w./-]*[\w])", text):
+            seen.add(path)
+            if path not in user_files:
+                assert (ROOT / path).exists(), f"{where}: {path} does not exist"
+        for path in re.findall(r"overlays/\w+", text):
+            assert (K8S / path).exists(), f"{where}: {path} does not exist"
+    assert "deploy/k8s-gpu" in seen
+
+
+def test_air_gapped_model_weights_are_documented() -> None:
+    text = (K8S / "README.md").read_text()
+    section = text[text.index("## Model weights on an air-gapped cluster") :]
+    assert "HF_HUB_OFFLINE=1" in section
+    (path,) = set(re.findall(r"LEARNSTREAM_BASE_MODEL=(/data/\S+?)`", section))
+    trainer = by_kind("Deployment")["learnstream-trainer"]["spec"]["template"]["spec"]
+    (container,) = trainer["containers"]
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert any(path.startswith(m + "/") for m in mounts), "the weights live on a mounted volume"
+
+
+# --- README examples -----------------------------------------------------------------------
+
+
+def test_readme_bearer_tokens_are_defined() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks, block, fenced = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if fenced:
+                blocks.append("\n".join(block))
+            fenced, block = not fenced, []
+        elif fenced:
+            block.append(line)
+    uses = 0
+    for block in blocks:
+        for name in re.findall(r"Bearer \$\{?(\w+)", block):
+            uses += 1
+            defined = re.search(rf"(?:export |^){name}=", block, re.M)
+            assert defined, f"README: `Bearer ${name}` but {name} is never set in that block"
+            if "learnstream gateway" in block:
+                assert name == "LEARNSTREAM_GATEWAY__TOKEN", "the gateway reads that variable"
+    assert uses
