@@ -115,8 +115,15 @@ def cli(ctx: click.Context, data_dir: Path | None) -> None:
 @click.option(
     "--brokers", default=1, show_envvar=True, type=click.IntRange(1, 9), help="Mock brokers."
 )
+@click.option(
+    "--port",
+    default=0,
+    show_envvar=True,
+    type=click.IntRange(0, 65535),
+    help="Fixed bootstrap port on 127.0.0.1 (the same address on every start); 0: any.",
+)
 @pass_ctx
-def broker(obj: Context, brokers: int) -> None:
+def broker(obj: Context, brokers: int, port: int) -> None:
     """Run the dev broker: librdkafka's built-in mock Kafka cluster on loopback.
 
     Prints the bootstrap address and records it under the data directory, where every other
@@ -127,12 +134,17 @@ def broker(obj: Context, brokers: int) -> None:
     first use with 4 partitions; no CreateTopics, DeleteTopics or DescribeConfigs. For
     production use Redpanda or Kafka (see deploy/).
     """
-    from learnstream.devbroker import serve
+    from learnstream.devbroker import PortInUseError, serve
     from learnstream.kafka import read_dev_broker
 
     settings = obj.settings
     _refuse_if_broker_running(read_dev_broker(settings.broker_file), settings.broker_file)
-    serve(settings.broker_file, brokers)
+    try:
+        serve(settings.broker_file, brokers, port=port)
+    except PortInUseError as exc:
+        raise click.ClickException(
+            f"{exc}; choose another --port (LEARNSTREAM_BROKER_PORT)"
+        ) from None
 
 
 def _refuse_if_broker_running(running: dict[str, Any] | None, broker_file: Path) -> None:
@@ -457,6 +469,9 @@ def produce_tail(
     if len(sources) != len(paths):
         raise click.UsageError("give one --source for each --path")
     obj.kafka_config()
+    from learnstream.metrics import serve_metrics
+
+    serve_metrics(obj.settings)  # on LEARNSTREAM_METRICS_PORT, when set
     run_tailers(
         obj.settings,
         list(zip(sources, paths, strict=True)),
@@ -469,8 +484,12 @@ def produce_tail(
 
 
 @cli.command()
-@click.option("--host", default=None, help="Default: LEARNSTREAM_GATEWAY__HOST (127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Default: LEARNSTREAM_GATEWAY__PORT (8088).")
+@click.option(
+    "--host", default=None, envvar="LEARNSTREAM_GATEWAY__HOST", help="Bind address (127.0.0.1)."
+)
+@click.option(
+    "--port", default=None, type=int, envvar="LEARNSTREAM_GATEWAY__PORT", help="Port (8088)."
+)
 @pass_ctx
 def gateway(obj: Context, host: str | None, port: int | None) -> None:
     """HTTP ingest gateway: POST /v1/events/{source} with JSON or NDJSON; /healthz, /metrics.
@@ -677,8 +696,41 @@ def schemas_export(directory: Path) -> None:
 @cli.command("config")
 @pass_ctx
 def show_config(obj: Context) -> None:
-    """Print the effective settings (secrets masked) as JSON."""
-    click.echo(json.dumps(obj.settings.model_dump(mode="json"), indent=2))
+    """Print the effective settings (secrets masked) as JSON.
+
+    Passwords are masked (in the PostgreSQL URL only the password); with no bootstrap servers
+    configured, kafka.bootstrap_servers shows the running dev broker's (or local Kafka's)
+    address, the one every command uses, and a note on stderr says where it comes from.
+    """
+    from learnstream.kafka import read_dev_broker
+
+    settings = obj.settings
+    data = settings.model_dump(mode="json")
+    if settings.postgres.url is not None:
+        data["postgres"]["url"] = mask_url_password(settings.postgres.url.get_secret_value())
+    if not settings.kafka.bootstrap_servers:
+        record = read_dev_broker(settings.broker_file)
+        if record is not None:
+            data["kafka"]["bootstrap_servers"] = record["bootstrap_servers"]
+            click.echo(
+                f"kafka.bootstrap_servers: the running broker recorded in {settings.broker_file}",
+                err=True,
+            )
+    click.echo(json.dumps(data, indent=2))
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with its password (user info or a ``password=`` parameter) masked."""
+    import re
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    head = f"{parts.scheme}://{parts.netloc}"
+    if parts.scheme and "@" in parts.netloc and url.startswith(head):
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        url = f"{parts.scheme}://{user}{':**********' if sep else ''}@{hostport}" + url[len(head) :]
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1**********", url)
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -746,6 +798,20 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+
+
+def _show_every_envvar(command: click.Command) -> None:
+    """Show each option's environment variable in ``--help`` (all of them can be set from
+    the environment: an explicit ``envvar=``, else LEARNSTREAM_<COMMAND>_<OPTION>)."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.expose_value:
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _show_every_envvar(sub)
+
+
+_show_every_envvar(cli)
 
 
 def main() -> None:

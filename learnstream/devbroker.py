@@ -8,9 +8,11 @@ DescribeConfigs are not implemented. Production uses Redpanda or Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,22 +76,98 @@ def remove_record(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def serve(broker_file: Path, num_brokers: int = 1, stop: threading.Event | None = None) -> str:
-    """Run the dev broker until SIGINT/SIGTERM (or ``stop`` is set); returns its address."""
+class PortInUseError(OSError):
+    """The fixed port asked for is taken."""
+
+
+class PortForwarder:
+    """A fixed loopback port that splices every connection to the mock cluster's bootstrap.
+
+    librdkafka's mock cluster picks its own ports; this gives it a stable bootstrap address.
+    Clients bootstrap here and then connect to the brokers the metadata names (loopback too).
+    """
+
+    def __init__(self, port: int, target: str) -> None:
+        host, _, target_port = target.rpartition(":")
+        self.target = (host, int(target_port))
+        try:
+            self._server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        except OSError as exc:
+            raise PortInUseError(f"port {port} on 127.0.0.1 is not free ({exc.strerror})") from None
+        self.port = int(self._server.getsockname()[1])
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="devbroker-port", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting (open connections end with their peers)."""
+        self._closed.set()
+        self._server.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def serve(
+    broker_file: Path,
+    num_brokers: int = 1,
+    stop: threading.Event | None = None,
+    port: int = 0,
+) -> str:
+    """Run the dev broker until SIGINT/SIGTERM (or ``stop`` is set); returns its address.
+
+    With ``port`` the bootstrap address is ``127.0.0.1:<port>`` on every start (raises
+    `PortInUseError` when it is taken); 0: whatever ports the mock cluster picks.
+    """
     from learnstream.signals import install_stop_handlers
 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_stop_handlers(stop, log)
     broker = DevBroker(num_brokers)
-    write_record(broker_file, broker.bootstrap_servers, num_brokers)
-    print(f"dev broker listening on {broker.bootstrap_servers}", flush=True)
+    forwarder = None
+    address = broker.bootstrap_servers
+    if port:
+        try:
+            forwarder = PortForwarder(port, broker.bootstrap_servers.split(",")[0])
+        except PortInUseError:
+            broker.close()
+            raise
+        address = f"127.0.0.1:{forwarder.port}"
+    write_record(broker_file, address, num_brokers)
+    print(f"dev broker listening on {address}", flush=True)
     print(f"address recorded in {broker_file}; stop with Ctrl-C", flush=True)
     try:
         while not stop.is_set():
             broker.poll(0.2)
     finally:
         remove_record(broker_file)
+        if forwarder is not None:
+            forwarder.close()
         broker.close()
         print("dev broker stopped", flush=True)
-    return broker.bootstrap_servers
+    return address
