@@ -325,6 +325,7 @@ def _diagnostics(pipeline: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.timeout(720)  # a pipeline run with a training job, on a loaded CI machine
 def test_prometheus_scrapes_every_process_and_every_dashboard_query_has_data(
     pipeline: dict[str, Any],
 ) -> None:
