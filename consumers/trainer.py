@@ -602,7 +602,7 @@ def run_trainer(
         log.info(
             "trainer: default base model %s, adapter registry %s",
             settings.base_model,
-            settings.training.registry_dir or settings.registry_dir,
+            settings.registry_dir,
         )
         trainer.run()
         log.info("trainer stopped")

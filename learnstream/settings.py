@@ -627,8 +627,9 @@ class Settings(BaseSettings):
 
     @property
     def registry_dir(self) -> Path:
-        """The adapter registry."""
-        return self.data_dir / "adapters"
+        """The adapter registry folder (``LEARNSTREAM_TRAINING__REGISTRY_DIR``)."""
+        configured = self.training.registry_dir
+        return configured.expanduser() if configured else self.data_dir / "adapters"
 
 
 class SettingsError(Exception):

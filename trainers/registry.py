@@ -32,10 +32,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.base import utcnow
 from schemas.training import TrainingResult
+
+if TYPE_CHECKING:
+    from learnstream.settings import Settings
 
 log = logging.getLogger("learnstream.trainers.registry")
 
@@ -182,10 +185,9 @@ class AdapterRegistry:
         self.dir = self.root / self.slug
 
     @classmethod
-    def for_settings(cls, settings: Any, base_model: str | None = None) -> AdapterRegistry:
+    def for_settings(cls, settings: Settings, base_model: str | None = None) -> AdapterRegistry:
         """The registry of ``base_model`` (default: the settings' base model)."""
-        root = settings.training.registry_dir or settings.registry_dir
-        return cls(Path(root).expanduser(), base_model or settings.base_model)
+        return cls(settings.registry_dir, base_model or settings.base_model)
 
     # --- manifest ---------------------------------------------------------------------------
 

@@ -42,6 +42,17 @@ def test_local_state_lives_under_the_data_dir(
     assert load_settings().qdrant_path == Path("/srv/qdrant")
 
 
+def test_the_adapter_folder_follows_its_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
+    assert load_settings().registry_dir == tmp_path / "adapters"
+    monkeypatch.setenv("LEARNSTREAM_TRAINING__REGISTRY_DIR", "/srv/adapters")
+    assert load_settings().registry_dir == Path("/srv/adapters")
+    monkeypatch.setenv("LEARNSTREAM_TRAINING__REGISTRY_DIR", "~/adapters")
+    assert load_settings().registry_dir == Path.home() / "adapters"
+
+
 def test_score_and_trigger_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEARNSTREAM_SCORE__THRESHOLD", "0.65")
     monkeypatch.setenv("LEARNSTREAM_SCORE__WEIGHTS__OUTCOME", "0.3")
