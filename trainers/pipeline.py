@@ -34,7 +34,13 @@ from learnstream.settings import TrainingSettings
 from schemas.base import utcnow
 from schemas.training import TrainingResult, TrainingTrigger
 from trainers.metrics import TrainingMetrics
-from trainers.promote import Decision, GoldenResult, Interval, decide, paired_bootstrap
+from trainers.promote import (
+    GoldenResult,
+    Interval,
+    PromotionDecision,
+    decide,
+    paired_bootstrap,
+)
 from trainers.registry import AdapterRegistry, JobRecord, RegistryError, version_name
 
 if TYPE_CHECKING:
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("learnstream.trainers.pipeline")
 
 ProgressFn = Callable[[int, int, float | None], None]
-Status = Literal["promoted", "rejected", "failed", "skipped"]
+RunStatus = Literal["promoted", "rejected", "failed", "skipped"]
 
 
 class SkipJob(Exception):  # noqa: N818 - not an error: the job has nothing to do
@@ -197,7 +203,7 @@ class _Job:
         self.started_at = utcnow()
         self.timer = _Timer()
 
-    def result(self, status: Status, reason: str, **fields: Any) -> TrainingResult:
+    def result(self, status: RunStatus, reason: str, **fields: Any) -> TrainingResult:
         """A result of this job with its durations so far."""
         return TrainingResult(
             trigger_id=self.trigger.trigger_id,
@@ -419,7 +425,7 @@ class _Job:
         if decision.promote and now_active != compared_with:
             # Someone activated another version (CLI) while this one trained: the comparison
             # is stale, so the operator's choice stands.
-            decision = Decision(
+            decision = PromotionDecision(
                 False,
                 f"rejected: the active version changed during the job "
                 f"({_label(compared_with)} -> {_label(now_active)}); {decision.reason}",

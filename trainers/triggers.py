@@ -158,7 +158,7 @@ class ImprovementState(BaseModel):
 
 
 @dataclass(frozen=True)
-class Decision:
+class TriggerDecision:
     """Whether the rules say to train now, and why (or why not)."""
 
     fire: bool
@@ -237,16 +237,20 @@ def _apply_result(
         state.active_version = result.active_version
 
 
-def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> Decision:
+def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> TriggerDecision:
     """Apply the automatic rules to the state at time ``now`` (no side effects)."""
     if state.pending_trigger_id is not None and state.pending_since is not None:
         waited = now - state.pending_since
         if waited < timedelta(hours=cfg.pending_timeout_hours):
-            return Decision(False, (), f"waiting for the result of {state.pending_trigger_id}")
+            return TriggerDecision(
+                False, (), f"waiting for the result of {state.pending_trigger_id}"
+            )
     if state.retry_after is not None and now < state.retry_after:
-        return Decision(False, (), f"last run did not train; retrying after {state.retry_after}")
+        return TriggerDecision(
+            False, (), f"last run did not train; retrying after {state.retry_after}"
+        )
     if state.last_training_at is None and state.learnings_total < cfg.min_dataset_size:
-        return Decision(
+        return TriggerDecision(
             False,
             (),
             f"first training needs {cfg.min_dataset_size} learnings, have {state.learnings_total}",
@@ -277,8 +281,8 @@ def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> De
                 f"success rate {rate:.3f} over the last {window} < {cfg.success_rate_threshold}"
             )
     if not reasons:
-        return Decision(False, (), "no rule fires")
-    return Decision(True, tuple(reasons), "; ".join(notes))
+        return TriggerDecision(False, (), "no rule fires")
+    return TriggerDecision(True, tuple(reasons), "; ".join(notes))
 
 
 def trigger_id(base_model: str, sequence: int) -> str:
