@@ -534,11 +534,24 @@ class TrainerConsumer(KafkaConsumerProcess[TrainerMetrics]):
                 return False
 
     def _commit(self, record: Record) -> bool:
-        """Commit the offset after ``record`` synchronously; a failure is logged, not fatal."""
+        """Commit the offset after ``record`` synchronously; False when the broker refused.
+
+        A refused commit (often a rebalance under way) stops the partition here: its later
+        triggers are not trained on a partition that may be moving. The fetch goes back to
+        just after ``record`` (its work is done and published), so they are read again; the
+        next commit covers ``record`` too, or its next owner reads it again as a duplicate.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
         tp = (record.topic, record.partition)
-        self._committed[tp] = max(self._committed.get(tp, -1), record.offset + 1)
-        self._commit_offsets({tp: record.offset + 1}, "the trigger")
-        return True
+        if self._commit_offsets({tp: record.offset + 1}, "the trigger"):
+            self._committed[tp] = max(self._committed.get(tp, -1), record.offset + 1)
+            return True
+        try:
+            self.consumer.seek(TopicPartition(record.topic, record.partition, record.offset + 1))
+        except KafkaException as exc:  # no longer assigned: the next owner reads it
+            log.info("%s[%d] not re-read here: %s", record.topic, record.partition, exc)
+        return False
 
     def _owns(self, record: Record) -> bool:
         try:
