@@ -594,14 +594,15 @@ def run_trainer(
     *,
     stop: threading.Event | None = None,
     registry: CollectorRegistry | None = None,
-    group: str = DEFAULT_GROUP,
+    group_id: str = DEFAULT_GROUP,
     **options: Any,
 ) -> None:
     """Run the trainer consumer until SIGINT/SIGTERM (main thread) or ``stop`` is set.
 
     A stop request while a job runs takes effect once its result is published and committed;
     when idle, at once. Serves the metrics on ``LEARNSTREAM_METRICS_PORT`` (default registry
-    unless one is given). ``group`` is the consumer group; ``options`` go to `TrainerConsumer`
+    unless one is given). ``group_id`` is the consumer group (as for `run_sink`); ``options`` go
+    to `TrainerConsumer`
     (``topic``, ``results_topic``, ``dlq_topic``, ``poll_timeout``...).
     """
     from learnstream.metrics import serve_metrics
@@ -609,7 +610,7 @@ def run_trainer(
     with consumer_process(settings, log, stop) as stop_event:
         registry = registry or REGISTRY
         trainer = TrainerConsumer(
-            settings, group_id=group, registry=registry, stop=stop_event, **options
+            settings, group_id=group_id, registry=registry, stop=stop_event, **options
         )
         serve_metrics(settings, registry)
         log.info(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnstream.cli_support import BROKER_TIMEOUT
+from learnstream.cli_support import BROKER_TIMEOUT, SOURCES
 
 if TYPE_CHECKING:
     from learnstream.settings import Settings
@@ -346,9 +346,6 @@ def produce() -> None:
     """Publish tool telemetry: one-shot from JSONL, or by following the tools' JSONL files."""
 
 
-SOURCES = click.Choice(["ralph", "aidb", "hybrid", "vscode"])
-
-
 @produce.command("send")
 @click.option(
     "--source",
@@ -557,7 +554,7 @@ def trainer(obj: Context, group: str) -> None:
     from consumers.trainer import run_trainer
 
     obj.kafka_config()
-    run_trainer(obj.settings, group=group)
+    run_trainer(obj.settings, group_id=group)
 
 
 # --- patterns and dataset -------------------------------------------------------------------

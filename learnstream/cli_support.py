@@ -19,6 +19,10 @@ BROKER_TIMEOUT = click.option(
 )
 """The ``--timeout`` of the commands that only talk to the broker (topics, dlq)."""
 
+SOURCES = click.Choice(["ralph", "aidb", "hybrid", "vscode"])
+"""The ``--source`` choices: `schemas.base.Source` spelled out, so ``--help`` imports no
+pydantic model (tests/unit/test_cli.py checks that they are the same)."""
+
 
 def command_settings() -> Settings:
     """The settings of the running command: the root `learnstream.cli.Context`'s, if any.

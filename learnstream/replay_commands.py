@@ -18,12 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnstream.cli_support import command_settings
+from learnstream.cli_support import SOURCES, command_settings
 
 if TYPE_CHECKING:
     from learnstream.settings import Settings
-
-SOURCES = ["ralph", "aidb", "hybrid", "vscode"]
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
@@ -227,7 +225,7 @@ def _open(path: Path) -> Any:
 @click.option(
     "--source",
     required=True,
-    type=click.Choice(SOURCES),
+    type=SOURCES,
     show_envvar=True,
     help="Which tool's schema and topic.",
 )

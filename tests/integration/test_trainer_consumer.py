@@ -72,7 +72,7 @@ def test_trainer_trains_once_republishes_duplicates_and_dead_letters(
         kwargs={
             "stop": stop,
             "registry": metrics,
-            "group": f"trainer-{unique}",
+            "group_id": f"trainer-{unique}",
             "topic": triggers,
             "results_topic": results,
             "poll_timeout": 0.2,

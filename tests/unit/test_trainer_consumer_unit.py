@@ -563,12 +563,17 @@ def test_sigterm_requests_a_stop_and_the_handlers_are_restored(
 ) -> None:
     seen: list[bool] = []
 
+    groups: list[str] = []
+
     def fake_run(self: TrainerConsumer) -> None:
+        groups.append(self.group_id)
         os.kill(os.getpid(), signal.SIGTERM)
         seen.append(self.stop.wait(5))
 
     monkeypatch.setattr(TrainerConsumer, "run", fake_run)
     before = signal.getsignal(signal.SIGTERM)
-    run_trainer(settings_for(tmp_path), registry=CollectorRegistry())
+    # group_id, as for run_sink
+    run_trainer(settings_for(tmp_path), registry=CollectorRegistry(), group_id="trainers-b")
     assert seen == [True]
+    assert groups == ["trainers-b"]
     assert signal.getsignal(signal.SIGTERM) is before
