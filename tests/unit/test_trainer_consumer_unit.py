@@ -33,7 +33,7 @@ from learnstream.settings import Settings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
-from trainers.registry import AdapterRegistry, JobRecord
+from trainers.adapters import AdapterStore, JobRecord
 
 TOPIC = "training.triggers"
 BASE = "org/tiny-model"
@@ -382,7 +382,7 @@ def test_a_done_trigger_is_republished_without_training(tmp_path: Path) -> None:
     job = FakeJob()
     trainer, consumer, producer, metrics = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job)
     done = result()
-    registry = AdapterRegistry.for_settings(trainer.settings, BASE)
+    registry = AdapterStore.for_settings(trainer.settings, BASE)
     registry.write_job(JobRecord("t-1", "done", result=done.model_dump(mode="json")))
     assert trainer.run_once() == 1
     assert job.calls == []
@@ -398,7 +398,7 @@ def test_an_unfinished_job_record_runs_the_job(tmp_path: Path) -> None:
     job = FakeJob()
     job.release.set()
     trainer, consumer, _, _ = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job)
-    registry = AdapterRegistry.for_settings(trainer.settings, BASE)
+    registry = AdapterStore.for_settings(trainer.settings, BASE)
     registry.write_job(JobRecord("t-1", "registered", candidate_version=1))
     assert trainer.run_once() == 1
     assert job.calls == ["t-1"]

@@ -1,6 +1,6 @@
-"""The adapter registry: numbered adapter versions per base model and which one is active.
+"""The adapter store: numbered adapter versions per base model and which one is active.
 
-Layout under the registry folder (``LEARNSTREAM_TRAINING__REGISTRY_DIR``, else
+Layout under the adapter store folder (``LEARNSTREAM_TRAINING__REGISTRY_DIR``, else
 ``<data dir>/adapters``)::
 
     <slug of base model>/
@@ -40,7 +40,7 @@ from schemas.training import TrainingResult
 if TYPE_CHECKING:
     from learnstream.settings import Settings
 
-log = logging.getLogger("learnstream.trainers.registry")
+log = logging.getLogger("learnstream.trainers.adapters")
 
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
@@ -51,8 +51,8 @@ _SKIP_FILES = frozenset({"trainer", "README.md"})
 JobState = Literal["running", "registered", "done"]
 
 
-class RegistryError(Exception):
-    """A registry operation that cannot be done (unknown version, nothing to roll back to)."""
+class AdapterStoreError(Exception):
+    """An adapter store operation that cannot be done (unknown version, nothing to roll back to)."""
 
 
 def slugify(base_model: str) -> str:
@@ -171,12 +171,12 @@ def parse_version(text: str | int) -> int:
         return text
     raw = text.strip().lower().removeprefix("v")
     if not raw.isdigit():
-        raise RegistryError(f"not a version: {text!r} (expected e.g. 3 or v0003)")
+        raise AdapterStoreError(f"not a version: {text!r} (expected e.g. 3 or v0003)")
     return int(raw)
 
 
-class AdapterRegistry:
-    """The registry folder of one base model."""
+class AdapterStore:
+    """The adapter store folder of one base model."""
 
     def __init__(self, root: Path, base_model: str) -> None:
         self.root = Path(root)
@@ -185,9 +185,9 @@ class AdapterRegistry:
         self.dir = self.root / self.slug
 
     @classmethod
-    def for_settings(cls, settings: Settings, base_model: str | None = None) -> AdapterRegistry:
-        """The registry of ``base_model`` (default: the settings' base model)."""
-        return cls(settings.registry_dir, base_model or settings.base_model)
+    def for_settings(cls, settings: Settings, base_model: str | None = None) -> AdapterStore:
+        """The adapter store of ``base_model`` (default: the settings' base model)."""
+        return cls(settings.adapters_dir, base_model or settings.base_model)
 
     # --- manifest ---------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class AdapterRegistry:
             }
         data: dict[str, Any] = _read_json(self.manifest_path)
         if data.get("base_model") not in (None, self.base_model):
-            raise RegistryError(
+            raise AdapterStoreError(
                 f"{self.dir} belongs to base model {data['base_model']!r}, not {self.base_model!r}"
             )
         return data
@@ -254,10 +254,10 @@ class AdapterRegistry:
         if version is None:
             version = self.active_version()
             if version is None:
-                raise RegistryError(f"no active adapter for {self.base_model}")
+                raise AdapterStoreError(f"no active adapter for {self.base_model}")
         path = self.version_dir(version)
         if not path.is_dir():
-            raise RegistryError(f"{self.base_model} has no version {version_name(version)}")
+            raise AdapterStoreError(f"{self.base_model} has no version {version_name(version)}")
 
         def load(name: str) -> Any:
             file = path / name
@@ -294,7 +294,7 @@ class AdapterRegistry:
         activated.
         """
         if not (adapter_dir / "adapter_config.json").exists():
-            raise RegistryError(f"{adapter_dir} holds no adapter (adapter_config.json missing)")
+            raise AdapterStoreError(f"{adapter_dir} holds no adapter (adapter_config.json missing)")
         self.dir.mkdir(parents=True, exist_ok=True)
         staging = self.dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
@@ -337,7 +337,7 @@ class AdapterRegistry:
     def activate(self, version: int, reason: str = "manual") -> int | None:
         """Make ``version`` active (atomic manifest replace); returns the previous active."""
         if not self.version_dir(version).is_dir():
-            raise RegistryError(f"{self.base_model} has no version {version_name(version)}")
+            raise AdapterStoreError(f"{self.base_model} has no version {version_name(version)}")
         with self._manifest_lock():
             data = self.manifest()
             previous = data.get("active")
@@ -367,13 +367,13 @@ class AdapterRegistry:
         """Re-activate the version active before the current one; returns the new active.
 
         Repeated rollbacks walk further back; past the first activation the bare base model
-        (None) is active. Raises RegistryError when nothing is active.
+        (None) is active. Raises AdapterStoreError when nothing is active.
         """
         with self._manifest_lock():
             data = self.manifest()
             current = data.get("active")
             if current is None:
-                raise RegistryError(
+                raise AdapterStoreError(
                     f"nothing to roll back: no active adapter for {self.base_model}"
                 )
             stack: list[int] = list(data.get("stack", []))
