@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnstream.cli_support import BROKER_TIMEOUT, SOURCES
+from learnstream.cli_support import BROKER_TIMEOUT, DELIVERY_TIMEOUT, SOURCE_OPTION, SOURCES
 
 if TYPE_CHECKING:
     from learnstream.settings import Settings
@@ -347,21 +347,9 @@ def produce() -> None:
 
 
 @produce.command("send")
-@click.option(
-    "--source",
-    "source",
-    required=True,
-    type=SOURCES,
-    show_envvar=True,
-    help="Which tool's schema and topic.",
-)
+@SOURCE_OPTION
 @click.argument("file", type=click.File("rb"))
-@click.option(
-    "--timeout",
-    default=60.0,
-    show_envvar=True,
-    help="Seconds to wait for delivery before giving up (undelivered stay spooled).",
-)
+@DELIVERY_TIMEOUT
 @click.option(
     "--spool-name", default=None, show_envvar=True, help="Spool folder name (default: send-SOURCE)."
 )
