@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from learnstream.errors import ResourceBusyError
-from learnstream.settings import load_settings
+from learnstream.settings import Settings, load_settings
 from scorers.vectors import INTERACTIONS, ensure_collections, is_local, qdrant_client
 from scorers.vectors import tune_local_storage as tune
 
@@ -85,12 +85,18 @@ def test_faust_builds_its_consumer_where_the_fetch_wait_is_patched() -> None:
 # --- Qdrant local mode and its SQLite files (scorers.vectors) ---------------------------------
 
 
-def test_local_mode_is_recognized_and_its_history_is_put_in_wal(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """Settings for Qdrant local mode in ``tmp_path/qdrant``."""
     monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LEARNSTREAM_QDRANT__URL", raising=False)
-    client = qdrant_client(load_settings())
+    return load_settings()
+
+
+def test_local_mode_is_recognized_and_its_history_is_put_in_wal(
+    local_settings: Settings, tmp_path: Path
+) -> None:
+    client = qdrant_client(local_settings)
     try:
         assert type(client._client).__name__ == "QdrantLocal"
         assert is_local(client)
@@ -118,15 +124,11 @@ def test_a_server_client_is_not_local() -> None:
         client.close()
 
 
-def test_a_local_folder_in_use_is_reported_as_busy(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_local_folder_in_use_is_reported_as_busy(local_settings: Settings) -> None:
     # scorers.vectors recognizes Qdrant's lock error by its message.
-    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("LEARNSTREAM_QDRANT__URL", raising=False)
-    first = qdrant_client(load_settings())
+    first = qdrant_client(local_settings)
     try:
         with pytest.raises(ResourceBusyError, match="in use by another process"):
-            qdrant_client(load_settings())
+            qdrant_client(local_settings)
     finally:
         first.close()
