@@ -344,17 +344,9 @@ class AdapterStore:
             stack: list[int] = list(data.get("stack", []))
             if previous != version:
                 stack.append(version)
-            data.update(active=version, stack=stack, base_model=self.base_model)
-            data.setdefault("history", []).append(
-                {
-                    "action": "activate",
-                    "version": version,
-                    "previous": previous,
-                    "reason": reason,
-                    "at": utcnow().isoformat(),
-                }
+            self._switch(
+                data, "activate", active=version, stack=stack, previous=previous, reason=reason
             )
-            self._write_manifest(data)
         log.info(
             "activated %s %s (was %s)",
             self.base_model,
@@ -362,6 +354,29 @@ class AdapterStore:
             "none" if previous is None else version_name(previous),
         )
         return None if previous is None else int(previous)
+
+    def _switch(
+        self,
+        data: dict[str, Any],
+        action: str,
+        *,
+        active: int | None,
+        stack: list[int],
+        previous: Any,
+        reason: str,
+    ) -> None:
+        """Write the manifest with ``active`` and ``stack``, the change in its history."""
+        data.update(active=active, stack=stack, base_model=self.base_model)
+        data.setdefault("history", []).append(
+            {
+                "action": action,
+                "version": active,
+                "previous": previous,
+                "reason": reason,
+                "at": utcnow().isoformat(),
+            }
+        )
+        self._write_manifest(data)
 
     def rollback(self, reason: str = "manual rollback") -> int | None:
         """Re-activate the version active before the current one; returns the new active.
@@ -383,17 +398,7 @@ class AdapterStore:
             while stack and not self.version_dir(stack[-1]).is_dir():
                 stack.pop()
             new = stack[-1] if stack else None
-            data.update(active=new, stack=stack, base_model=self.base_model)
-            data.setdefault("history", []).append(
-                {
-                    "action": "rollback",
-                    "version": new,
-                    "previous": current,
-                    "reason": reason,
-                    "at": utcnow().isoformat(),
-                }
-            )
-            self._write_manifest(data)
+            self._switch(data, "rollback", active=new, stack=stack, previous=current, reason=reason)
         log.info(
             "rolled back %s to %s",
             self.base_model,
