@@ -1,4 +1,4 @@
-"""The adapter registry, job records and the pipeline paths that need no model."""
+"""The adapter store, job records and the pipeline paths that need no model."""
 
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def test_trigger_ids_with_odd_characters_get_safe_file_names(tmp_path: Path) -> 
     assert record.trigger_id == "manual/../2025 01:02"
 
 
-def test_registry_refuses_another_base_models_folder(tmp_path: Path) -> None:
+def test_the_adapter_store_refuses_another_base_models_folder(tmp_path: Path) -> None:
     registry = AdapterStore(tmp_path / "reg", BASE)
     _register(registry, tmp_path, "a")
     registry.activate(1)
