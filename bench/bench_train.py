@@ -31,11 +31,11 @@ from prometheus_client import CollectorRegistry
 
 from learnstream.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
+from trainers.adapters import AdapterStore
 from trainers.data import prepare_dataset
 from trainers.hotswap import Notice, notify_all
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job
-from trainers.registry import AdapterRegistry
 
 TOPICS = (
     "retry the request",
@@ -187,7 +187,7 @@ def main() -> None:
     print(f"  {result.reason}")
 
     # 3. Promotion -> inference server notified.
-    registry = AdapterRegistry.for_settings(settings, base_model)
+    registry = AdapterStore.for_settings(settings, base_model)
     version = registry.active_version() or registry.register(
         run.adapter_dir, metrics={}, lineage={}, config={}
     )

@@ -274,16 +274,17 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
 
     def _commit_offsets(
         self, positions: Mapping[Partition, int], what: str, *, raise_retriable: bool = False
-    ) -> None:
+    ) -> bool:
         """Commit ``positions`` (the next offset to read, per partition) synchronously.
 
         A failure is counted and logged, not raised: ``what`` is read again (at-least-once).
-        With ``raise_retriable`` a retriable KafkaException is raised instead.
+        With ``raise_retriable`` a retriable KafkaException is raised instead. Returns whether
+        every position was committed.
         """
         from confluent_kafka import KafkaException, TopicPartition
 
         if not positions:
-            return
+            return True
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         try:
             result = self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -298,13 +299,16 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
                 raise
             self.metrics.commit_errors.inc()
             self.log.warning("offset commit failed (%s); %s will be read again", exc, what)
-            return
+            return False
+        committed = True
         for tp in result or []:
             if tp.error is not None:
+                committed = False
                 self.metrics.commit_errors.inc()
                 self.log.warning(
                     "offset commit for %s[%d] failed: %s", tp.topic, tp.partition, tp.error
                 )
+        return committed
 
     # -- pausing while working --
 

@@ -5,7 +5,7 @@ A plain confluent-kafka consumer (group ``learnstream-trainer``, manual commits)
 
 1. an invalid value becomes a `DeadLetter` (stage ``trainer``) on ``telemetry.dlq``, with its
    original bytes and the reason; once the broker has it, the offset is committed;
-2. a trigger whose job record (``AdapterRegistry.read_job``) says it is done is a duplicate:
+2. a trigger whose job record (``AdapterStore.read_job``) says it is done is a duplicate:
    nothing is trained; its *stored* result is published again (header ``duplicate: 1``) and
    the offset committed. Republishing rather than skipping makes ``training.results``
    at-least-once: a previous owner may have finished the job but died (or lost the partition)
@@ -27,12 +27,12 @@ then is handled like any other (a repeat of the running trigger is then a duplic
 Rebalances: a revocation during a job does not stop the job (training cannot be handed over
 half done). Its result is recorded durably in the pipeline's job record, so the partition's new
 owner, reading the uncommitted trigger again, finds the job done and only republishes the
-result (if the new owner reads it while the job still runs on the same registry, the job lock
-makes it wait, then it gets the stored result). So when the job ends and the trigger's partition
-is no longer assigned here, this consumer neither publishes nor commits. When the partition was
-revoked and assigned back meanwhile, it publishes and commits as usual, and skips the re-read of
-what it has already committed. The registry folder must therefore be shared by every trainer of
-a group (the same volume), or a revoked job could train twice.
+result (if the new owner reads it while the job still runs on the same adapter store, the job
+lock makes it wait, then it gets the stored result). So when the job ends and the trigger's
+partition is no longer assigned here, this consumer neither publishes nor commits. When the
+partition was revoked and assigned back meanwhile, it publishes and commits as usual, and skips
+the re-read of what it has already committed. The adapter store folder must therefore be shared
+by every trainer of a group (the same volume), or a revoked job could train twice.
 
 Broker problems while publishing a result or a dead letter are retried with capped exponential
 backoff, the partitions paused and polled. On stop, a pending delivery is abandoned and the
@@ -79,8 +79,8 @@ if TYPE_CHECKING:
     from confluent_kafka import Message, TopicPartition
 
     from learnstream.settings import Settings
+    from trainers.adapters import JobRecord
     from trainers.metrics import TrainingMetrics
-    from trainers.registry import JobRecord
 
 log = logging.getLogger("learnstream.trainer")
 
@@ -401,11 +401,11 @@ class TrainerConsumer(KafkaConsumerProcess[TrainerMetrics]):
 
     def _stored(self, trigger: TrainingTrigger) -> TrainingResult | None:
         """The stored result of a finished job of ``trigger``, else None."""
-        from trainers.registry import AdapterRegistry
+        from trainers.adapters import AdapterStore
 
         try:
-            registry = AdapterRegistry.for_settings(self.settings, trigger.base_model)
-            return stored_result(registry.read_job(trigger.trigger_id))
+            adapters = AdapterStore.for_settings(self.settings, trigger.base_model)
+            return stored_result(adapters.read_job(trigger.trigger_id))
         except Exception as exc:  # unreadable record: the pipeline decides (and reports)
             log.warning("trigger %s: job record not readable (%s)", trigger.trigger_id, exc)
             return None
@@ -534,11 +534,24 @@ class TrainerConsumer(KafkaConsumerProcess[TrainerMetrics]):
                 return False
 
     def _commit(self, record: Record) -> bool:
-        """Commit the offset after ``record`` synchronously; a failure is logged, not fatal."""
+        """Commit the offset after ``record`` synchronously; False when the broker refused.
+
+        A refused commit (often a rebalance under way) stops the partition here: its later
+        triggers are not trained on a partition that may be moving. The fetch goes back to
+        just after ``record`` (its work is done and published), so they are read again; the
+        next commit covers ``record`` too, or its next owner reads it again as a duplicate.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
         tp = (record.topic, record.partition)
-        self._committed[tp] = max(self._committed.get(tp, -1), record.offset + 1)
-        self._commit_offsets({tp: record.offset + 1}, "the trigger")
-        return True
+        if self._commit_offsets({tp: record.offset + 1}, "the trigger"):
+            self._committed[tp] = max(self._committed.get(tp, -1), record.offset + 1)
+            return True
+        try:
+            self.consumer.seek(TopicPartition(record.topic, record.partition, record.offset + 1))
+        except KafkaException as exc:  # no longer assigned: the next owner reads it
+            log.info("%s[%d] not re-read here: %s", record.topic, record.partition, exc)
+        return False
 
     def _owns(self, record: Record) -> bool:
         try:
@@ -581,14 +594,15 @@ def run_trainer(
     *,
     stop: threading.Event | None = None,
     registry: CollectorRegistry | None = None,
-    group: str = DEFAULT_GROUP,
+    group_id: str = DEFAULT_GROUP,
     **options: Any,
 ) -> None:
     """Run the trainer consumer until SIGINT/SIGTERM (main thread) or ``stop`` is set.
 
     A stop request while a job runs takes effect once its result is published and committed;
     when idle, at once. Serves the metrics on ``LEARNSTREAM_METRICS_PORT`` (default registry
-    unless one is given). ``group`` is the consumer group; ``options`` go to `TrainerConsumer`
+    unless one is given). ``group_id`` is the consumer group (as for `run_sink`); ``options`` go
+    to `TrainerConsumer`
     (``topic``, ``results_topic``, ``dlq_topic``, ``poll_timeout``...).
     """
     from learnstream.metrics import serve_metrics
@@ -596,13 +610,13 @@ def run_trainer(
     with consumer_process(settings, log, stop) as stop_event:
         registry = registry or REGISTRY
         trainer = TrainerConsumer(
-            settings, group_id=group, registry=registry, stop=stop_event, **options
+            settings, group_id=group_id, registry=registry, stop=stop_event, **options
         )
         serve_metrics(settings, registry)
         log.info(
-            "trainer: default base model %s, adapter registry %s",
+            "trainer: default base model %s, adapter store %s",
             settings.base_model,
-            settings.training.registry_dir or settings.registry_dir,
+            settings.adapters_dir,
         )
         trainer.run()
         log.info("trainer stopped")

@@ -23,7 +23,7 @@ MAX_SOURCE_EVENT_IDS = 128
 _WS = re.compile(r"\s+")
 _TAG_BAD = re.compile(r"[^a-z0-9+#._-]+")
 
-Status = Literal["new", "merged", "duplicate"]
+PatternStatus = Literal["new", "merged", "duplicate"]
 
 
 def normalize_key(text: str) -> str:

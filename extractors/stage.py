@@ -39,7 +39,7 @@ from extractors.dataset import DatasetWriter, build_example, content_hash
 from extractors.extract import Extraction, Extractor
 from extractors.feedback import signals_from
 from extractors.metrics import ExtractMetrics
-from extractors.patterns import Status, pattern_text
+from extractors.patterns import PatternStatus, pattern_text
 from extractors.refusals import RefusalLog, refusal_of, refusals_path_for
 from extractors.store import FeedbackResult, PatternStore
 from learnstream.metrics import StreamMetrics
@@ -66,7 +66,7 @@ def refusals_path(settings: Settings) -> Path:
     return refusals_path_for(dataset_path(settings))
 
 
-ResultStatus = Status | Literal["refused"]
+ResultStatus = PatternStatus | Literal["refused"]
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class ExtractionStage:
             self.stream_metrics.stage_seconds.labels("extract", step).observe(now - started)
         return now
 
-    def _learned(self, pattern: Pattern, status: Status, event_id: str) -> LearnedPattern:
+    def _learned(self, pattern: Pattern, status: PatternStatus, event_id: str) -> LearnedPattern:
         return LearnedPattern(
             pattern=pattern,
             status="new" if status == "new" else "merged",

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from extractors.feedback import FeedbackSignal, apply_feedback, confidence_delta, effect_of
 from extractors.metrics import ExtractMetrics
-from extractors.patterns import Status, merge_patterns, pattern_text, rank_score, should_merge
+from extractors.patterns import (
+    PatternStatus,
+    merge_patterns,
+    pattern_text,
+    rank_score,
+    should_merge,
+)
 from schemas.pattern import Pattern
 from scorers.vectors import NAMESPACE, PATTERNS, HistoryIndex, ensure_collections, unit_float32
 
@@ -57,7 +63,7 @@ class UpsertResult:
     """
 
     pattern: Pattern
-    status: Status
+    status: PatternStatus
     similarity: float | None = None
 
 

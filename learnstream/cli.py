@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnstream.cli_support import BROKER_TIMEOUT
+from learnstream.cli_support import BROKER_TIMEOUT, DELIVERY_TIMEOUT, SOURCE_OPTION, SOURCES
 
 if TYPE_CHECKING:
     from learnstream.settings import Settings
@@ -358,25 +358,10 @@ def produce() -> None:
     """Publish tool telemetry: one-shot from JSONL, or by following the tools' JSONL files."""
 
 
-SOURCES = click.Choice(["ralph", "aidb", "hybrid", "vscode"])
-
-
 @produce.command("send")
-@click.option(
-    "--source",
-    "source",
-    required=True,
-    type=SOURCES,
-    show_envvar=True,
-    help="Which tool's schema and topic.",
-)
+@SOURCE_OPTION
 @click.argument("file", type=click.File("rb"))
-@click.option(
-    "--timeout",
-    default=60.0,
-    show_envvar=True,
-    help="Seconds to wait for delivery before giving up (undelivered stay spooled).",
-)
+@DELIVERY_TIMEOUT
 @click.option(
     "--spool-name", default=None, show_envvar=True, help="Spool folder name (default: send-SOURCE)."
 )
@@ -576,7 +561,7 @@ def trainer(obj: Context, group: str) -> None:
     from consumers.trainer import run_trainer
 
     obj.kafka_config()
-    run_trainer(obj.settings, group=group)
+    run_trainer(obj.settings, group_id=group)
 
 
 # --- patterns and dataset -------------------------------------------------------------------

@@ -19,6 +19,28 @@ BROKER_TIMEOUT = click.option(
 )
 """The ``--timeout`` of the commands that only talk to the broker (topics, dlq)."""
 
+SOURCES = click.Choice(["ralph", "aidb", "hybrid", "vscode"])
+"""The ``--source`` choices: `schemas.base.Source` spelled out, so ``--help`` imports no
+pydantic model (tests/unit/test_cli.py checks that they are the same)."""
+
+SOURCE_OPTION = click.option(
+    "--source",
+    "source",
+    required=True,
+    type=SOURCES,
+    show_envvar=True,
+    help="Which tool's schema and topic.",
+)
+"""The ``--source`` of the commands that publish one tool's JSONL (produce send, backfill)."""
+
+DELIVERY_TIMEOUT = click.option(
+    "--timeout",
+    default=60.0,
+    show_envvar=True,
+    help="Seconds to wait for delivery before giving up (undelivered stay spooled).",
+)
+"""The ``--timeout`` of the commands that publish JSONL through the spool."""
+
 
 def command_settings() -> Settings:
     """The settings of the running command: the root `learnstream.cli.Context`'s, if any.

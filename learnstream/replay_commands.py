@@ -18,12 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from learnstream.cli_support import command_settings
+from learnstream.cli_support import DELIVERY_TIMEOUT, SOURCE_OPTION, command_settings
 
 if TYPE_CHECKING:
     from learnstream.settings import Settings
-
-SOURCES = ["ralph", "aidb", "hybrid", "vscode"]
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
@@ -224,25 +222,14 @@ def _open(path: Path) -> Any:
 
 
 @click.command()
-@click.option(
-    "--source",
-    required=True,
-    type=click.Choice(SOURCES),
-    show_envvar=True,
-    help="Which tool's schema and topic.",
-)
+@SOURCE_OPTION
 @click.argument(
     "files",
     nargs=-1,
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )
-@click.option(
-    "--timeout",
-    default=60.0,
-    show_envvar=True,
-    help="Seconds to wait for delivery before giving up (undelivered stay spooled).",
-)
+@DELIVERY_TIMEOUT
 @click.option(
     "--spool-name",
     default=None,

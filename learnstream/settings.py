@@ -626,9 +626,10 @@ class Settings(BaseSettings):
         return self.extract.dataset_path or self.data_dir / "dataset" / "dataset.jsonl"
 
     @property
-    def registry_dir(self) -> Path:
-        """The adapter registry."""
-        return self.data_dir / "adapters"
+    def adapters_dir(self) -> Path:
+        """The adapter store folder (``LEARNSTREAM_TRAINING__REGISTRY_DIR``)."""
+        configured = self.training.registry_dir
+        return configured.expanduser() if configured else self.data_dir / "adapters"
 
 
 class SettingsError(Exception):

@@ -1,4 +1,4 @@
-"""Pydantic v2 models of every record learnstream reads or writes, and the topic registry."""
+"""Pydantic v2 models of every record learnstream reads or writes, and the topic catalog."""
 
 from schemas.base import SCHEMA_VERSION, Source, SourceEvent
 from schemas.dlq import DeadLetter

@@ -1,4 +1,4 @@
-"""The topic registry: the one place topic names, keys, partitions and retention are defined.
+"""The topic catalog (`TOPICS`): the one place topic names, keys, partitions, retention live.
 
 `learnstream topics create` and ``deploy/redpanda/topics.sh`` are checked against it.
 """

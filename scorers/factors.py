@@ -1,4 +1,4 @@
-"""The five factors of the value score, as pure functions (see DESIGN.md, "The value score").
+"""The five factors of the value score as pure functions (docs/architecture.md, "The value score").
 
 Each factor returns ``(value, inputs)``: the value in [0, 1] and a dict of exactly what it was
 computed from, which `scorers.score.score_interaction` records in the `ScoredInteraction`.

@@ -1,4 +1,4 @@
-"""The composite value score of one interaction (see DESIGN.md, "The value score").
+"""The composite value score of one interaction (docs/architecture.md, "The value score").
 
 ``value = w_o·outcome + w_f·feedback + w_r·reusability + w_c·complexity + w_n·novelty``, by
 default ``0.40·outcome + 0.20·feedback + 0.20·reusability + 0.10·complexity + 0.10·novelty``,

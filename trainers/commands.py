@@ -18,26 +18,26 @@ from learnstream.cli_support import command_settings
 
 if TYPE_CHECKING:
     from learnstream.settings import Settings
-    from trainers.registry import AdapterRegistry
+    from trainers.adapters import AdapterStore
 
 
-def _registry(base_model: str | None) -> tuple[Settings, AdapterRegistry]:
-    from trainers.registry import AdapterRegistry
+def _adapter_store(base_model: str | None) -> tuple[Settings, AdapterStore]:
+    from trainers.adapters import AdapterStore
 
     settings = command_settings()
-    return settings, AdapterRegistry.for_settings(settings, base_model)
+    return settings, AdapterStore.for_settings(settings, base_model)
 
 
 def _version_arg(text: str) -> int:
-    from trainers.registry import RegistryError, parse_version
+    from trainers.adapters import AdapterStoreError, parse_version
 
     try:
         return parse_version(text)
-    except RegistryError as exc:
+    except AdapterStoreError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
-def _notify(settings: Settings, registry: AdapterRegistry, version: int | None) -> None:
+def _notify(settings: Settings, adapters: AdapterStore, version: int | None) -> None:
     from trainers.hotswap import Notice, notify_all, served_path, summarize
 
     ts = settings.training
@@ -46,13 +46,13 @@ def _notify(settings: Settings, registry: AdapterRegistry, version: int | None) 
     metrics: dict[str, float] = {}
     path = None
     if version is not None:
-        info = registry.show(version)
+        info = adapters.show(version)
         metrics = {k: float(v) for k, v in info.metrics.items() if isinstance(v, int | float)}
-        path = served_path(ts, registry.root, info.path)
+        path = served_path(ts, adapters.root, info.path)
     outcomes = notify_all(
         ts,
         Notice(
-            base_model=registry.base_model,
+            base_model=adapters.base_model,
             version=version,
             path=path,
             lora_name=ts.lora_name,
@@ -92,9 +92,9 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 @base_model_option
 def list_adapters(base_model: str | None) -> None:
     """List the versions of a base model's adapters (* marks the active one)."""
-    _, registry = _registry(base_model)
-    versions = registry.list_versions()
-    click.echo(f"base model {registry.base_model} ({registry.dir})")
+    _, adapters = _adapter_store(base_model)
+    versions = adapters.list_versions()
+    click.echo(f"base model {adapters.base_model} ({adapters.dir})")
     if not versions:
         click.echo("no adapters registered")
         return
@@ -115,7 +115,7 @@ def list_adapters(base_model: str | None) -> None:
             f"{_fmt(gain, '+.2%'):>7} {lineage.get('train_examples', '-')!s:>6} "
             f"{lineage.get('eval_examples', '-')!s:>5} {verdict}"
         )
-    active = registry.active_version()
+    active = adapters.active_version()
     click.echo(f"active: {'none (base model)' if active is None else f'v{active:04d}'}")
 
 
@@ -124,12 +124,12 @@ def list_adapters(base_model: str | None) -> None:
 @base_model_option
 def show_adapter(version: str | None, base_model: str | None) -> None:
     """Print one version (default: the active one) as JSON: metrics, lineage, config, decision."""
-    from trainers.registry import RegistryError
+    from trainers.adapters import AdapterStoreError
 
-    _, registry = _registry(base_model)
+    _, adapters = _adapter_store(base_model)
     try:
-        info = registry.show(None if version is None else _version_arg(version))
-    except RegistryError as exc:
+        info = adapters.show(None if version is None else _version_arg(version))
+    except AdapterStoreError as exc:
         raise click.ClickException(str(exc)) from None
     lineage = dict(info.lineage)
     for key in ("pattern_ids", "event_ids", "eval_event_ids"):
@@ -138,7 +138,7 @@ def show_adapter(version: str | None, base_model: str | None) -> None:
     click.echo(
         json.dumps(
             {
-                "base_model": registry.base_model,
+                "base_model": adapters.base_model,
                 "version": info.version,
                 "path": str(info.path),
                 "active": info.active,
@@ -160,18 +160,18 @@ def show_adapter(version: str | None, base_model: str | None) -> None:
 @notify_option
 def activate_adapter(version: str, base_model: str | None, notify: bool) -> None:
     """Make VERSION (3 or v0003) the active adapter."""
-    from trainers.registry import RegistryError, version_name
+    from trainers.adapters import AdapterStoreError, version_name
 
-    settings, registry = _registry(base_model)
+    settings, adapters = _adapter_store(base_model)
     number = _version_arg(version)
     try:
-        previous = registry.activate(number, reason="manual (CLI)")
-    except RegistryError as exc:
+        previous = adapters.activate(number, reason="manual (CLI)")
+    except AdapterStoreError as exc:
         raise click.ClickException(str(exc)) from None
     was = "none" if previous is None else version_name(previous)
-    click.echo(f"{registry.base_model}: active {version_name(number)} (was {was})")
+    click.echo(f"{adapters.base_model}: active {version_name(number)} (was {was})")
     if notify:
-        _notify(settings, registry, number)
+        _notify(settings, adapters, number)
 
 
 @adapters.command("rollback")
@@ -179,16 +179,16 @@ def activate_adapter(version: str, base_model: str | None, notify: bool) -> None
 @notify_option
 def rollback_adapter(base_model: str | None, notify: bool) -> None:
     """Re-activate the version that was active before the current one."""
-    from trainers.registry import RegistryError, version_name
+    from trainers.adapters import AdapterStoreError, version_name
 
-    settings, registry = _registry(base_model)
-    current = registry.active_version()
+    settings, adapters = _adapter_store(base_model)
+    current = adapters.active_version()
     try:
-        new = registry.rollback(reason="manual rollback (CLI)")
-    except RegistryError as exc:
+        new = adapters.rollback(reason="manual rollback (CLI)")
+    except AdapterStoreError as exc:
         raise click.ClickException(str(exc)) from None
     now = "none (base model)" if new is None else version_name(new)
     was = "none" if current is None else version_name(current)
-    click.echo(f"{registry.base_model}: rolled back to {now} (was {was})")
+    click.echo(f"{adapters.base_model}: rolled back to {now} (was {was})")
     if notify:
-        _notify(settings, registry, new)
+        _notify(settings, adapters, new)

@@ -15,7 +15,7 @@ examples asking one of its questions are left out of training, so it stays unsee
   job gets the stored result back without training again. A job that crashed after
   registering its candidate resumes at the promotion decision (when the active version is
   still the one it was compared with); one that crashed earlier runs again.
-* One job at a time per base model, across processes (a file lock in the registry).
+* One job at a time per base model, across processes (a file lock in the adapter store).
 
 Blocking and long (minutes to hours on a real model): call it from a worker thread and keep
 polling the consumer, or pause its partitions, so the group does not evict it.
@@ -33,9 +33,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from learnstream.settings import TrainingSettings
 from schemas.base import utcnow
 from schemas.training import TrainingResult, TrainingTrigger
+from trainers.adapters import AdapterStore, AdapterStoreError, JobRecord, version_name
 from trainers.metrics import TrainingMetrics
-from trainers.promote import Decision, GoldenResult, Interval, decide, paired_bootstrap
-from trainers.registry import AdapterRegistry, JobRecord, RegistryError, version_name
+from trainers.promote import (
+    GoldenResult,
+    Interval,
+    PromotionDecision,
+    decide,
+    paired_bootstrap,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("learnstream.trainers.pipeline")
 
 ProgressFn = Callable[[int, int, float | None], None]
-Status = Literal["promoted", "rejected", "failed", "skipped"]
+RunStatus = Literal["promoted", "rejected", "failed", "skipped"]
 
 
 class SkipJob(Exception):  # noqa: N818 - not an error: the job has nothing to do
@@ -74,25 +80,25 @@ class _Timer:
 def run_training_job(
     settings: Settings,
     trigger: TrainingTrigger,
-    registry: AdapterRegistry | None = None,
+    adapters: AdapterStore | None = None,
     *,
     metrics: TrainingMetrics | None = None,
     on_progress: ProgressFn | None = None,
 ) -> TrainingResult:
     """Run (or recognize as done) the training job of ``trigger``; never raises.
 
-    ``settings`` is the process `Settings` (``training``, ``dataset_path``, ``registry_dir``).
-    The base model trained is ``trigger.base_model``. ``registry`` overrides the registry
-    (default: ``AdapterRegistry.for_settings(settings, trigger.base_model)``); ``metrics``
+    ``settings`` is the process `Settings` (``training``, ``dataset_path``, ``adapters_dir``).
+    The base model trained is ``trigger.base_model``. ``adapters`` overrides the adapter store
+    (default: ``AdapterStore.for_settings(settings, trigger.base_model)``); ``metrics``
     the Prometheus metrics (default registry); ``on_progress(step, max_steps, loss)`` is
     called during training.
     """
     m = metrics or TrainingMetrics.on()
     job = _Job(settings, trigger, m, on_progress)
     try:
-        registry = registry or AdapterRegistry.for_settings(settings, trigger.base_model)
-        with registry.job_lock():
-            prior = registry.read_job(trigger.trigger_id)
+        adapters = adapters or AdapterStore.for_settings(settings, trigger.base_model)
+        with adapters.job_lock():
+            prior = adapters.read_job(trigger.trigger_id)
             if prior is not None and prior.state == "done" and prior.result is not None:
                 stored = prior.training_result()
                 assert stored is not None
@@ -102,8 +108,8 @@ def run_training_job(
                     stored.status,
                 )
                 return stored
-            result = job.run(registry, prior)
-    except Exception as exc:  # the registry itself is unusable (permissions, disk full...)
+            result = job.run(adapters, prior)
+    except Exception as exc:  # the adapter store itself is unusable (permissions, disk full...)
         log.exception("training job %s failed outside the run", trigger.trigger_id)
         result = job.result("failed", f"{type(exc).__name__}: {exc}")
     _observe(m, trigger.base_model, result)
@@ -197,7 +203,7 @@ class _Job:
         self.started_at = utcnow()
         self.timer = _Timer()
 
-    def result(self, status: Status, reason: str, **fields: Any) -> TrainingResult:
+    def result(self, status: RunStatus, reason: str, **fields: Any) -> TrainingResult:
         """A result of this job with its durations so far."""
         return TrainingResult(
             trigger_id=self.trigger.trigger_id,
@@ -210,9 +216,9 @@ class _Job:
             **fields,
         )
 
-    def run(self, registry: AdapterRegistry, prior: JobRecord | None) -> TrainingResult:
-        """Run the job under the registry's job lock; records its progress; never raises."""
-        self.registry = registry
+    def run(self, adapters: AdapterStore, prior: JobRecord | None) -> TrainingResult:
+        """Run the job under the adapter store's job lock; records its progress; never raises."""
+        self.adapters = adapters
         self.record = JobRecord(
             trigger_id=self.trigger.trigger_id,
             state="running",
@@ -222,7 +228,7 @@ class _Job:
         if prior is not None and prior.state == "registered":
             self.record.candidate_version = prior.candidate_version
             self.record.compared_with = prior.compared_with
-        registry.write_job(self.record)
+        adapters.write_job(self.record)
         try:
             result = self._stages()
         except SkipJob as skip:
@@ -232,12 +238,12 @@ class _Job:
             result = self.result("failed", f"{type(exc).__name__}: {exc}")
         self.record.state = "done"
         self.record.result = result.model_dump(mode="json")
-        registry.write_job(self.record)
-        shutil.rmtree(registry.run_dir(self.trigger.trigger_id), ignore_errors=True)
+        adapters.write_job(self.record)
+        shutil.rmtree(adapters.run_dir(self.trigger.trigger_id), ignore_errors=True)
         return result
 
     def _stages(self) -> TrainingResult:
-        registry, ts, trigger = self.registry, self.ts, self.trigger
+        adapters, ts, trigger = self.adapters, self.ts, self.trigger
         resumed = self._resume()
         if resumed is not None:
             return resumed
@@ -247,7 +253,7 @@ class _Job:
         dataset = self.settings.dataset_path
         if not dataset.exists():
             raise SkipJob(f"skipped: no dataset at {dataset}")
-        run_dir = registry.run_dir(trigger.trigger_id)
+        run_dir = adapters.run_dir(trigger.trigger_id)
         shutil.rmtree(run_dir, ignore_errors=True)
         with self.timer.stage("snapshot"):
             data = prepare_dataset(dataset, run_dir, eval_fraction=ts.eval_fraction, seed=ts.seed)
@@ -284,7 +290,7 @@ class _Job:
                     on_progress=self.on_progress,
                 )
             )
-        compared_with = registry.active_version()
+        compared_with = adapters.active_version()
         sets = {"eval": [e.messages for e in data.eval]}
         if golden:
             sets["golden"] = golden
@@ -292,7 +298,7 @@ class _Job:
             evals = evaluate.evaluate_sets(
                 trigger.base_model,
                 sets,
-                {"active": registry.active_path(), "candidate": run.adapter_dir},
+                {"active": adapters.active_path(), "candidate": run.adapter_dir},
                 ts,
             )
         active, candidate = evals["eval"]["active"], evals["eval"]["candidate"]
@@ -338,7 +344,7 @@ class _Job:
             "golden_path": str(golden_file) if golden_file is not None else None,
         }
         with self.timer.stage("register"):
-            version = registry.register(
+            version = adapters.register(
                 run.adapter_dir,
                 metrics=numbers,
                 lineage=data.lineage.to_dict(),
@@ -348,7 +354,7 @@ class _Job:
             self.record.state = "registered"
             self.record.candidate_version = version
             self.record.compared_with = compared_with
-            registry.write_job(self.record)
+            adapters.write_job(self.record)
         return self._decide(
             version,
             compared_with,
@@ -363,12 +369,12 @@ class _Job:
         version = self.record.candidate_version
         if version is None:
             return None
-        if self.registry.active_version() != self.record.compared_with:
+        if self.adapters.active_version() != self.record.compared_with:
             log.info("the active version changed since the crashed attempt: training again")
             return None
         try:
-            info = self.registry.show(version)
-        except RegistryError:
+            info = self.adapters.show(version)
+        except AdapterStoreError:
             return None
         if not {"eval_loss_active", "eval_loss_candidate"} <= info.metrics.keys():
             return None
@@ -394,7 +400,7 @@ class _Job:
         metrics: dict[str, float],
         **counts: Any,
     ) -> TrainingResult:
-        ts, trigger, registry = self.ts, self.trigger, self.registry
+        ts, trigger, adapters = self.ts, self.trigger, self.adapters
         label = (
             f"the active adapter {version_name(compared_with)}"
             if compared_with is not None
@@ -415,11 +421,11 @@ class _Job:
         if decision.golden is not None:
             numbers["golden_relative_change"] = decision.golden.relative_change
             counts = {**counts, "golden_examples": decision.golden.examples}
-        now_active = registry.active_version()
+        now_active = adapters.active_version()
         if decision.promote and now_active != compared_with:
             # Someone activated another version (CLI) while this one trained: the comparison
             # is stale, so the operator's choice stands.
-            decision = Decision(
+            decision = PromotionDecision(
                 False,
                 f"rejected: the active version changed during the job "
                 f"({_label(compared_with)} -> {_label(now_active)}); {decision.reason}",
@@ -427,7 +433,7 @@ class _Job:
                 decision.interval,
                 decision.golden,
             )
-        registry.record_decision(
+        adapters.record_decision(
             version,
             {
                 "promote": decision.promote,
@@ -463,7 +469,7 @@ class _Job:
             )
 
         with self.timer.stage("activate"):
-            registry.activate(version, reason=f"trigger {trigger.trigger_id}: promoted")
+            adapters.activate(version, reason=f"trigger {trigger.trigger_id}: promoted")
         reason = f"{decision.reason}; now active: {version_name(version)}"
         if ts.vllm_servers or ts.webhooks:
             from trainers.hotswap import Notice, notify_all, served_path, summarize
@@ -474,7 +480,7 @@ class _Job:
                     Notice(
                         base_model=trigger.base_model,
                         version=version,
-                        path=served_path(ts, registry.root, registry.version_dir(version)),
+                        path=served_path(ts, adapters.root, adapters.version_dir(version)),
                         lora_name=ts.lora_name,
                         metrics=numbers,
                     ),

@@ -52,7 +52,7 @@ class GoldenResult:
 
 
 @dataclass(frozen=True)
-class Decision:
+class PromotionDecision:
     """Whether to promote, and why (a sentence with the numbers)."""
 
     promote: bool
@@ -116,7 +116,7 @@ def decide(
     interval: Interval | None = None,
     golden: GoldenResult | None = None,
     max_golden_regression: float = 0.0,
-) -> Decision:
+) -> PromotionDecision:
     """Apply the promotion rule; ``active_label`` names what the candidate is compared with.
 
     ``interval`` is the bootstrap interval of the relative improvement on the eval split
@@ -139,8 +139,8 @@ def decide(
             f"({golden.relative_change:+.2%}) on {golden.examples} examples"
         )
 
-    def done(promote: bool, reason: str) -> Decision:
-        return Decision(promote, reason, gain, interval, golden)
+    def done(promote: bool, reason: str) -> PromotionDecision:
+        return PromotionDecision(promote, reason, gain, interval, golden)
 
     if eval_examples < min_eval_examples:
         return done(

@@ -27,9 +27,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from learnstream.settings import TriggerSettings
 from schemas.base import UtcDatetime
@@ -126,7 +126,25 @@ class ImprovementState(BaseModel):
     improvement_score: float | None = None
     last_check: UtcDatetime | None = None
     recent_learnings: list[RecentLearning] = Field(default_factory=list)
-    seen_event_ids: list[str] = Field(default_factory=list)
+    seen_event_ids: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Recent ids per kind ('learning', 'outcome'), oldest first: each kind has "
+        "its own window, so a burst of outcomes never pushes a learning out.",
+    )
+
+    @field_validator("seen_event_ids", mode="before")
+    @classmethod
+    def _split_shared_window(cls, value: Any) -> Any:
+        # State stored before the windows were split: one list of "l:<id>" / "o:<id>".
+        if not isinstance(value, list):
+            return value
+        kinds = {"l": "learning", "o": "outcome"}
+        split: dict[str, list[str]] = {}
+        for marker in value:
+            prefix, _, event_id = str(marker).partition(":")
+            if prefix in kinds:
+                split.setdefault(kinds[prefix], []).append(event_id)
+        return split
 
     @property
     def window(self) -> list[bool]:
@@ -140,7 +158,7 @@ class ImprovementState(BaseModel):
 
 
 @dataclass(frozen=True)
-class Decision:
+class TriggerDecision:
     """Whether the rules say to train now, and why (or why not)."""
 
     fire: bool
@@ -148,7 +166,7 @@ class Decision:
     detail: str
 
 
-SEEN_IDS_KEPT = 256  # recent learning/outcome ids, so a redelivered one is not counted twice
+SEEN_IDS_KEPT = 256  # recent ids per kind, so a redelivered learning or outcome counts once
 
 
 def apply(
@@ -160,10 +178,13 @@ def apply(
     pending, cooldowns) is wall-clock time, so old or replayed events cannot age the state.
     """
     if event.kind in ("learning", "outcome") and event.event_id is not None:
-        marker = f"{event.kind[0]}:{event.event_id}"
-        if marker in state.seen_event_ids:
+        seen = state.seen_event_ids.get(event.kind, [])
+        if event.event_id in seen:
             return  # a redelivered learning or outcome counts once
-        state.seen_event_ids = [*state.seen_event_ids, marker][-SEEN_IDS_KEPT:]
+        state.seen_event_ids = {
+            **state.seen_event_ids,
+            event.kind: [*seen, event.event_id][-SEEN_IDS_KEPT:],
+        }
     if event.kind == "learning":
         state.learnings_total += 1
         state.learnings_since_training += 1
@@ -216,16 +237,20 @@ def _apply_result(
         state.active_version = result.active_version
 
 
-def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> Decision:
+def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> TriggerDecision:
     """Apply the automatic rules to the state at time ``now`` (no side effects)."""
     if state.pending_trigger_id is not None and state.pending_since is not None:
         waited = now - state.pending_since
         if waited < timedelta(hours=cfg.pending_timeout_hours):
-            return Decision(False, (), f"waiting for the result of {state.pending_trigger_id}")
+            return TriggerDecision(
+                False, (), f"waiting for the result of {state.pending_trigger_id}"
+            )
     if state.retry_after is not None and now < state.retry_after:
-        return Decision(False, (), f"last run did not train; retrying after {state.retry_after}")
+        return TriggerDecision(
+            False, (), f"last run did not train; retrying after {state.retry_after}"
+        )
     if state.last_training_at is None and state.learnings_total < cfg.min_dataset_size:
-        return Decision(
+        return TriggerDecision(
             False,
             (),
             f"first training needs {cfg.min_dataset_size} learnings, have {state.learnings_total}",
@@ -256,8 +281,8 @@ def evaluate(state: ImprovementState, now: datetime, cfg: TriggerSettings) -> De
                 f"success rate {rate:.3f} over the last {window} < {cfg.success_rate_threshold}"
             )
     if not reasons:
-        return Decision(False, (), "no rule fires")
-    return Decision(True, tuple(reasons), "; ".join(notes))
+        return TriggerDecision(False, (), "no rule fires")
+    return TriggerDecision(True, tuple(reasons), "; ".join(notes))
 
 
 def trigger_id(base_model: str, sequence: int) -> str:

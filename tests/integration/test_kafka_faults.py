@@ -514,7 +514,7 @@ def test_trainer_killed_mid_job_trains_again_and_publishes_once(
     from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
     from tests.integration.kafka_helpers import consume
     from tests.tinymodel import FAST, build_tiny_model, write_dataset
-    from trainers.registry import AdapterRegistry
+    from trainers.adapters import AdapterStore
 
     bootstrap = own_broker.bootstrap_servers
     model = str(build_tiny_model(tmp_path / "model"))
@@ -537,7 +537,7 @@ def test_trainer_killed_mid_job_trains_again_and_publishes_once(
     )
     settings = load_settings(data_dir=data_dir, base_model=model)
     write_dataset(settings.dataset_path, queries=40)
-    registry = AdapterRegistry.for_settings(settings, model)
+    registry = AdapterStore.for_settings(settings, model)
     trigger = TrainingTrigger(
         trigger_id=f"kill-{uuid.uuid4().hex[:8]}",
         base_model=model,

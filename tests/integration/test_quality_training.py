@@ -12,8 +12,8 @@ import pytest
 from learnstream.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import FAST, TOPICS, build_tiny_model, write_dataset
+from trainers.adapters import AdapterStore
 from trainers.pipeline import run_training_job
-from trainers.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def test_better_on_the_split_but_worse_on_the_golden_set_is_rejected(
     assert "worse on the golden set" in result.reason
     assert "golden set loss" in result.reason and "interval" in result.reason
     assert result.golden_examples == 12
-    registry = AdapterRegistry.for_settings(settings, tiny_model)
+    registry = AdapterStore.for_settings(settings, tiny_model)
     assert registry.active_version() is None
     decision = registry.show(result.candidate_version).decision
     assert decision is not None and decision["promote"] is False

@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from learnstream.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import FAST, RecordingServer, build_tiny_model, write_dataset
+from trainers.adapters import AdapterStore
 from trainers.data import prepare_dataset
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job
-from trainers.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -101,7 +101,7 @@ def test_training_job_promotes_dedups_rejects_and_fails_cleanly(
         write_dataset(settings.dataset_path, queries=40)
         metrics = CollectorRegistry()
         m = TrainingMetrics.on(metrics)
-        registry = AdapterRegistry.for_settings(settings, tiny_model)
+        registry = AdapterStore.for_settings(settings, tiny_model)
 
         first = run_training_job(settings, _trigger("t-1", tiny_model), metrics=m)
         assert first.status == "promoted", first.reason

@@ -19,7 +19,7 @@ from schemas.topics import DLQ
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 from tests.integration.kafka_helpers import Record, consume
 from tests.tinymodel import FAST, build_tiny_model, write_dataset
-from trainers.registry import AdapterRegistry
+from trainers.adapters import AdapterStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def test_trainer_trains_once_republishes_duplicates_and_dead_letters(
         kwargs={
             "stop": stop,
             "registry": metrics,
-            "group": f"trainer-{unique}",
+            "group_id": f"trainer-{unique}",
             "topic": triggers,
             "results_topic": results,
             "poll_timeout": 0.2,
@@ -119,7 +119,7 @@ def test_trainer_trains_once_republishes_duplicates_and_dead_letters(
     assert "duplicate" not in published[0].headers
     assert published[1].headers["duplicate"] == b"1"
 
-    registry = AdapterRegistry.for_settings(settings, model)
+    registry = AdapterStore.for_settings(settings, model)
     assert registry.versions() == [1]
     job = registry.read_job(trigger.trigger_id)
     assert job is not None

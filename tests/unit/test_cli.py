@@ -146,3 +146,16 @@ def test_a_missing_extra_is_named_not_a_traceback(tmp_path: Path) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "'faust'" in lines[0] and 'pip install "learnstream[stream]"' in lines[0]
+
+
+def test_every_source_option_offers_exactly_the_sources() -> None:
+    from learnstream.cli_support import SOURCES
+    from learnstream.replay_commands import backfill
+    from schemas.base import Source
+
+    assert list(SOURCES.choices) == [s.value for s in Source]
+    produce = cli.commands["produce"]
+    commands = [produce.commands["send"], produce.commands["tail"], backfill]  # type: ignore[attr-defined]
+    for command in commands:
+        (option,) = [p for p in command.params if p.name in ("source", "sources")]
+        assert option.type is SOURCES, command.name

@@ -34,9 +34,15 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert dataset_path(s) == tmp_path / "ds.jsonl"
 
 
-def test_dataset_path_defaults_under_the_data_dir() -> None:
+def test_dataset_path_defaults_under_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("LEARNSTREAM_EXTRACT__DATASET_PATH", raising=False)
     s = load_settings()
-    assert dataset_path(s) == s.dataset_path
+    expected = tmp_path / "state" / "dataset" / "dataset.jsonl"
+    assert dataset_path(s) == expected
+    assert s.dataset_path == expected  # the trainer reads the file extraction writes
 
 
 @pytest.mark.parametrize(

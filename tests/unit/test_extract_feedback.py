@@ -1,4 +1,4 @@
-"""Pattern feedback math (DESIGN.md "Pattern extraction")."""
+"""Pattern feedback math (docs/architecture.md, "Pattern extraction")."""
 
 from __future__ import annotations
 

@@ -338,7 +338,8 @@ def test_unknown_fields_are_kept_in_the_payload() -> None:
 
 
 def _closes_interaction(source: str, data: dict[str, Any]) -> bool:
-    """Independent of the normalizer: which raw example lines DESIGN.md says are scored."""
+    """Independent of the normalizer: which raw example lines are scored (docs/architecture.md,
+    "Which events are scored")."""
     kind = data.get("event_type", data.get("event"))
     if source == "hybrid":
         return kind == "route_decided" and (

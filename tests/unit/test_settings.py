@@ -35,11 +35,22 @@ def test_local_state_lives_under_the_data_dir(
         s.postgres_dir,
         s.qdrant_path,
         s.dataset_path,
-        s.registry_dir,
+        s.adapters_dir,
     ):
         assert path.is_relative_to(tmp_path)
     monkeypatch.setenv("LEARNSTREAM_QDRANT__PATH", "/srv/qdrant")
     assert load_settings().qdrant_path == Path("/srv/qdrant")
+
+
+def test_the_adapter_folder_follows_its_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
+    assert load_settings().adapters_dir == tmp_path / "adapters"
+    monkeypatch.setenv("LEARNSTREAM_TRAINING__REGISTRY_DIR", "/srv/adapters")
+    assert load_settings().adapters_dir == Path("/srv/adapters")
+    monkeypatch.setenv("LEARNSTREAM_TRAINING__REGISTRY_DIR", "~/adapters")
+    assert load_settings().adapters_dir == Path.home() / "adapters"
 
 
 def test_score_and_trigger_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from learnstream.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import RecordingServer
+from trainers.adapters import AdapterStore, JobRecord
 from trainers.hotswap import Notice, notify_all, notify_vllm, notify_webhook, served_path
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job
-from trainers.registry import AdapterRegistry, JobRecord
 
 
 @pytest.fixture
@@ -127,12 +127,12 @@ def test_served_path_mapping(tmp_path: Path) -> None:
     assert served_path(mapped, tmp_path / "reg", version_dir) == "/mnt/adapters/org--base/v0003"
 
 
-def _promotable(tmp_path: Path, **training: Any) -> tuple[Any, AdapterRegistry]:
+def _promotable(tmp_path: Path, **training: Any) -> tuple[Any, AdapterStore]:
     """Settings and a registry holding a registered, better candidate of a crashed job."""
     settings = load_settings(
         data_dir=tmp_path / "data", training=_ts(min_eval_examples=10, **training)
     )
-    registry = AdapterRegistry.for_settings(settings, "org/base")
+    registry = AdapterStore.for_settings(settings, "org/base")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -196,7 +196,7 @@ def test_cli_activate_and_rollback_notify(
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    registry = AdapterRegistry.for_settings(load_settings())
+    registry = AdapterStore.for_settings(load_settings())
     assert registry.register(adapter, metrics={}, lineage={}, config={}) == 1
     runner = CliRunner()
     out = runner.invoke(adapters, ["activate", "1"])

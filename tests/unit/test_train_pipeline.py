@@ -15,11 +15,11 @@ import trainers.train
 from learnstream.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import TOPICS, write_dataset
+from trainers.adapters import AdapterStore
 from trainers.data import assign_split, normalize_query
 from trainers.evaluate import SHIPPED_GOLDEN, EvalResult, load_golden
 from trainers.metrics import TrainingMetrics
 from trainers.pipeline import run_training_job
-from trainers.registry import AdapterRegistry
 from trainers.train import RunResult, TrainConfig
 
 BASE = "org/base"
@@ -118,7 +118,7 @@ def test_promote_then_compare_with_the_active_adapter(tmp_path: Path, fakes: Fak
     fakes.losses = {"active": 1.5, "candidate": 1.49}  # 0.67% better: not enough
     second = run_training_job(settings, _trigger("b"), metrics=m)
     assert second.status == "rejected"
-    registry = AdapterRegistry.for_settings(settings)
+    registry = AdapterStore.for_settings(settings)
     assert fakes.evaluated[1]["active"] == registry.version_dir(1)
     assert (second.candidate_version, second.active_version) == (2, 1)
     assert second.metrics["relative_improvement"] == pytest.approx(0.01 / 1.5)
@@ -134,7 +134,7 @@ def test_promote_then_compare_with_the_active_adapter(tmp_path: Path, fakes: Fak
 def test_an_activation_during_the_job_wins(tmp_path: Path, fakes: Fakes) -> None:
     settings = _settings(tmp_path)
     run_training_job(settings, _trigger("a"), metrics=TrainingMetrics.on(CollectorRegistry()))
-    registry = AdapterRegistry.for_settings(settings)
+    registry = AdapterStore.for_settings(settings)
     fakes.during_eval = registry.rollback  # an operator rolls back to the base model meanwhile
     result = run_training_job(
         settings, _trigger("b"), metrics=TrainingMetrics.on(CollectorRegistry())
@@ -152,7 +152,7 @@ def test_training_errors_become_a_failed_result(tmp_path: Path, fakes: Fakes) ->
     result = run_training_job(settings, _trigger("x"), metrics=TrainingMetrics.on(metrics))
     assert result.status == "failed"
     assert result.reason == "RuntimeError: CUDA out of memory"
-    registry = AdapterRegistry.for_settings(settings)
+    registry = AdapterStore.for_settings(settings)
     record = registry.read_job("x")
     assert record is not None
     assert record.state == "done"
@@ -183,7 +183,7 @@ def test_the_result_shows_the_interval_and_the_golden_numbers(tmp_path: Path, fa
     assert result.golden_examples == fakes.sets[0]["golden"]
     assert "95% interval [+25.00%, +25.00%]" in result.reason
     assert "golden set loss 1.5000 vs 2.0000" in result.reason
-    decision = AdapterRegistry.for_settings(settings).show(1).decision
+    decision = AdapterStore.for_settings(settings).show(1).decision
     assert decision is not None
     assert decision["improvement_interval"] == pytest.approx([0.25, 0.25])
     assert decision["golden"]["examples"] == result.golden_examples
@@ -198,7 +198,7 @@ def test_better_on_the_split_but_worse_on_the_golden_set_is_rejected(
     assert result.status == "rejected"
     assert "worse on the golden set (+5.00%" in result.reason
     assert result.metrics["eval_loss_candidate"] < result.metrics["eval_loss_active"]
-    assert AdapterRegistry.for_settings(settings).active_version() is None
+    assert AdapterStore.for_settings(settings).active_version() is None
 
 
 def test_an_improvement_carried_by_few_examples_is_rejected(tmp_path: Path, fakes: Fakes) -> None:

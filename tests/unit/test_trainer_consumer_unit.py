@@ -33,7 +33,7 @@ from learnstream.settings import Settings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
-from trainers.registry import AdapterRegistry, JobRecord
+from trainers.adapters import AdapterStore, JobRecord
 
 TOPIC = "training.triggers"
 BASE = "org/tiny-model"
@@ -201,6 +201,8 @@ class FakeConsumer:
         self.paused = False
         self.assigned = [FakeTP(TOPIC, 0)]
         self.on_poll: Callable[[], None] | None = None
+        self.failing_commits = 0  # the next commits that the broker refuses
+        self.seeks: list[tuple[str, int, int]] = []
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         self.calls.append("consume")
@@ -229,8 +231,18 @@ class FakeConsumer:
     def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
         assert asynchronous is False
         self.calls.append("commit")
+        if self.failing_commits:
+            self.failing_commits -= 1
+            refused = [FakeTP(tp.topic, tp.partition, tp.offset) for tp in offsets]
+            for tp in refused:
+                tp.error = FakeError("REBALANCE_IN_PROGRESS")  # type: ignore[assignment]
+            return refused
         self.committed.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
         return offsets
+
+    def seek(self, tp: Any) -> None:
+        self.calls.append("seek")
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.calls.append("subscribe")
@@ -370,7 +382,7 @@ def test_a_done_trigger_is_republished_without_training(tmp_path: Path) -> None:
     job = FakeJob()
     trainer, consumer, producer, metrics = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job)
     done = result()
-    registry = AdapterRegistry.for_settings(trainer.settings, BASE)
+    registry = AdapterStore.for_settings(trainer.settings, BASE)
     registry.write_job(JobRecord("t-1", "done", result=done.model_dump(mode="json")))
     assert trainer.run_once() == 1
     assert job.calls == []
@@ -386,7 +398,7 @@ def test_an_unfinished_job_record_runs_the_job(tmp_path: Path) -> None:
     job = FakeJob()
     job.release.set()
     trainer, consumer, _, _ = fake_trainer(tmp_path, [[msg(trigger(), 0)]], job)
-    registry = AdapterRegistry.for_settings(trainer.settings, BASE)
+    registry = AdapterStore.for_settings(trainer.settings, BASE)
     registry.write_job(JobRecord("t-1", "registered", candidate_version=1))
     assert trainer.run_once() == 1
     assert job.calls == ["t-1"]
@@ -509,6 +521,26 @@ def test_stop_during_failing_delivery_commits_nothing(tmp_path: Path) -> None:
     assert not consumer.paused
 
 
+def test_a_failed_commit_stops_the_partition_and_reads_the_rest_again(tmp_path: Path) -> None:
+    # The broker refuses the commit of t-1 (e.g. a rebalance is under way): t-2 must not be
+    # trained on a partition that may be moving; the fetch goes back to just after t-1.
+    job = FakeJob()
+    job.release.set()
+    t1, t2 = trigger("t-1"), trigger("t-2")
+    batches = [[msg(t1, 0), msg(t2, 1)], [msg(t2, 1)]]  # the second: the re-read after the seek
+    trainer, consumer, producer, metrics = fake_trainer(tmp_path, batches, job)
+    consumer.failing_commits = 1
+    assert trainer.run_once() == 0
+    assert job.calls == ["t-1"]
+    assert consumer.seeks == [(TOPIC, 0, 1)]
+    assert consumer.committed == []
+    assert metrics.get_sample_value("learnstream_trainer_commit_errors_total") == 1.0
+    assert trainer.run_once() == 1  # t-2, read again; its commit covers t-1 too
+    assert job.calls == ["t-1", "t-2"]
+    assert consumer.committed == [(TOPIC, 0, 2)]
+    assert len(producer.sent) == 2
+
+
 def test_a_runner_that_raises_becomes_a_failed_result(tmp_path: Path) -> None:
     def boom(settings: Settings, trigger: TrainingTrigger, **kw: Any) -> TrainingResult:
         raise RuntimeError("out of memory")
@@ -531,12 +563,17 @@ def test_sigterm_requests_a_stop_and_the_handlers_are_restored(
 ) -> None:
     seen: list[bool] = []
 
+    groups: list[str] = []
+
     def fake_run(self: TrainerConsumer) -> None:
+        groups.append(self.group_id)
         os.kill(os.getpid(), signal.SIGTERM)
         seen.append(self.stop.wait(5))
 
     monkeypatch.setattr(TrainerConsumer, "run", fake_run)
     before = signal.getsignal(signal.SIGTERM)
-    run_trainer(settings_for(tmp_path), registry=CollectorRegistry())
+    # group_id, as for run_sink
+    run_trainer(settings_for(tmp_path), registry=CollectorRegistry(), group_id="trainers-b")
     assert seen == [True]
+    assert groups == ["trainers-b"]
     assert signal.getsignal(signal.SIGTERM) is before

@@ -12,6 +12,7 @@ from schemas.pattern import LearnedPattern, Pattern
 from schemas.training import TrainingResult, TriggerReason
 from tests.unit.test_extract_support import candidate
 from trainers.triggers import (
+    SEEN_IDS_KEPT,
     ImprovementEvent,
     ImprovementState,
     evaluate,
@@ -239,3 +240,29 @@ class _AnyReason(str):
 
 
 ANY_REASON = _AnyReason()
+
+
+def test_outcomes_do_not_push_a_learning_out_of_the_dedupe_window() -> None:
+    # Outcomes arrive far more often than learnings: a burst of them must not make a
+    # learning redelivered seconds later count twice.
+    c, state = cfg(learnings_threshold=1000), ImprovementState(base_model=MODEL)
+    step(state, ev("learning", 1, pattern_id="p"), c, T0)
+    for n in range(SEEN_IDS_KEPT + 10):
+        step(state, ev("outcome", n, success=True), c, T0)
+    step(state, ev("learning", 1, pattern_id="p"), c, T0)  # redelivered
+    assert state.learnings_total == 1
+    # ...and learnings do not push outcomes out either.
+    step(state, ev("outcome", SEEN_IDS_KEPT + 9, success=True), c, T0)  # redelivered
+    assert state.scored_total == SEEN_IDS_KEPT + 10
+
+
+def test_a_stored_state_with_the_shared_window_keeps_its_ids() -> None:
+    # State written before the windows were split: one list of "l:"/"o:" markers.
+    stored = {"base_model": MODEL, "seen_event_ids": ["l:learning-1", "o:outcome-2"]}
+    state = ImprovementState.model_validate(stored)
+    c = cfg(learnings_threshold=1000)
+    step(state, ev("learning", 1, pattern_id="p"), c, T0)
+    step(state, ev("outcome", 2, success=True), c, T0)
+    assert (state.learnings_total, state.scored_total) == (0, 0)
+    again = ImprovementState.model_validate_json(state.model_dump_json())
+    assert again.seen_event_ids == state.seen_event_ids

@@ -1,4 +1,4 @@
-"""The adapter registry, job records and the pipeline paths that need no model."""
+"""The adapter store, job records and the pipeline paths that need no model."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from prometheus_client import CollectorRegistry
 from learnstream.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 from tests.tinymodel import write_dataset
-from trainers.commands import adapters
-from trainers.metrics import TrainingMetrics
-from trainers.pipeline import run_training_job
-from trainers.registry import (
-    AdapterRegistry,
+from trainers.adapters import (
+    AdapterStore,
+    AdapterStoreError,
     JobRecord,
-    RegistryError,
     parse_version,
     slugify,
 )
+from trainers.commands import adapters
+from trainers.metrics import TrainingMetrics
+from trainers.pipeline import run_training_job
 
 BASE = "Org/Tiny-Model"
 
@@ -37,7 +37,7 @@ def _adapter(folder: Path, tag: str = "x") -> Path:
     return folder
 
 
-def _register(registry: AdapterRegistry, tmp_path: Path, tag: str, **metrics: float) -> int:
+def _register(registry: AdapterStore, tmp_path: Path, tag: str, **metrics: float) -> int:
     return registry.register(
         _adapter(tmp_path / f"adapter-{tag}", tag),
         metrics={"eval_loss_active": 2.0, "eval_loss_candidate": 1.5, **metrics},
@@ -66,12 +66,12 @@ def test_slugify() -> None:
     assert len(long) <= 80
     assert long != slugify("x" * 301)
     assert parse_version("v0003") == parse_version("3") == 3
-    with pytest.raises(RegistryError):
+    with pytest.raises(AdapterStoreError):
         parse_version("latest")
 
 
 def test_register_activate_rollback(tmp_path: Path) -> None:
-    registry = AdapterRegistry(tmp_path / "reg", BASE)
+    registry = AdapterStore(tmp_path / "reg", BASE)
     assert registry.active_version() is None
     assert registry.list_versions() == []
     v1 = _register(registry, tmp_path, "a")
@@ -97,7 +97,7 @@ def test_register_activate_rollback(tmp_path: Path) -> None:
 
     assert registry.rollback() == 1
     assert registry.rollback() is None  # before v1 the bare base model was active
-    with pytest.raises(RegistryError, match="nothing to roll back"):
+    with pytest.raises(AdapterStoreError, match="nothing to roll back"):
         registry.rollback()
     manifest = registry.manifest()
     assert [h["action"] for h in manifest["history"]] == [
@@ -106,12 +106,12 @@ def test_register_activate_rollback(tmp_path: Path) -> None:
         "rollback",
         "rollback",
     ]
-    with pytest.raises(RegistryError, match="no version v0009"):
+    with pytest.raises(AdapterStoreError, match="no version v0009"):
         registry.activate(9)
 
 
 def test_activation_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = AdapterRegistry(tmp_path / "reg", BASE)
+    registry = AdapterStore(tmp_path / "reg", BASE)
     _register(registry, tmp_path, "a")
     _register(registry, tmp_path, "b")
     registry.activate(1)
@@ -132,9 +132,9 @@ def test_activation_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_a_failed_register_leaves_no_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = AdapterRegistry(tmp_path / "reg", BASE)
+    registry = AdapterStore(tmp_path / "reg", BASE)
     _register(registry, tmp_path, "a")
-    import trainers.registry as module
+    import trainers.adapters as module
 
     def broken(*_: Any) -> None:
         raise OSError("disk full")
@@ -149,7 +149,7 @@ def test_a_failed_register_leaves_no_version(
 
 
 def test_concurrent_registers_get_distinct_versions(tmp_path: Path) -> None:
-    registry = AdapterRegistry(tmp_path / "reg", BASE)
+    registry = AdapterStore(tmp_path / "reg", BASE)
     adapter = _adapter(tmp_path / "adapter")
     got: list[int] = []
 
@@ -169,7 +169,7 @@ def test_a_crash_between_register_and_activate_resumes_at_the_decision(
 ) -> None:
     """The manifest stays consistent, and the redelivered trigger finishes without training."""
     settings = _settings(tmp_path)
-    registry = AdapterRegistry.for_settings(settings, BASE)
+    registry = AdapterStore.for_settings(settings, BASE)
     _register(registry, tmp_path, "old")
     registry.activate(1)
     # The crashed attempt: candidate v2 registered (compared with v1), job record says so.
@@ -202,7 +202,7 @@ def test_a_crash_between_register_and_activate_resumes_at_the_decision(
 
 def test_duplicate_trigger_returns_the_stored_result(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    registry = AdapterRegistry.for_settings(settings, BASE)
+    registry = AdapterStore.for_settings(settings, BASE)
     stored = TrainingResult(
         trigger_id="t-dup", base_model=BASE, status="rejected", reason="stored reason"
     )
@@ -227,7 +227,7 @@ def test_skipped_without_enough_data_and_recorded(tmp_path: Path) -> None:
     assert result.status == "skipped"
     assert "eval examples" in result.reason
     assert result.durations_s["snapshot"] >= 0
-    registry = AdapterRegistry.for_settings(settings, BASE)
+    registry = AdapterStore.for_settings(settings, BASE)
     record = registry.read_job("t-few")
     assert record is not None
     assert record.state == "done"
@@ -238,7 +238,7 @@ def test_skipped_without_enough_data_and_recorded(tmp_path: Path) -> None:
 
 
 def test_trigger_ids_with_odd_characters_get_safe_file_names(tmp_path: Path) -> None:
-    registry = AdapterRegistry(tmp_path / "reg", BASE)
+    registry = AdapterStore(tmp_path / "reg", BASE)
     registry.write_job(JobRecord(trigger_id="manual/../2025 01:02", state="running"))
     path = registry.job_path("manual/../2025 01:02")
     assert path.parent == registry.dir / "jobs"
@@ -247,18 +247,18 @@ def test_trigger_ids_with_odd_characters_get_safe_file_names(tmp_path: Path) -> 
     assert record.trigger_id == "manual/../2025 01:02"
 
 
-def test_registry_refuses_another_base_models_folder(tmp_path: Path) -> None:
-    registry = AdapterRegistry(tmp_path / "reg", BASE)
+def test_the_adapter_store_refuses_another_base_models_folder(tmp_path: Path) -> None:
+    registry = AdapterStore(tmp_path / "reg", BASE)
     _register(registry, tmp_path, "a")
     registry.activate(1)
-    other = AdapterRegistry(tmp_path / "reg", "org/tiny-model")  # same slug
-    with pytest.raises(RegistryError, match="belongs to base model"):
+    other = AdapterStore(tmp_path / "reg", "org/tiny-model")  # same slug
+    with pytest.raises(AdapterStoreError, match="belongs to base model"):
         other.active_version()
 
 
 def test_adapters_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEARNSTREAM_BASE_MODEL", BASE)
-    registry = AdapterRegistry.for_settings(load_settings())
+    registry = AdapterStore.for_settings(load_settings())
     _register(registry, tmp_path, "a")
     _register(registry, tmp_path, "b")
     runner = CliRunner()

@@ -1,4 +1,4 @@
-"""The topic registry, the rpk script generated from it, and the models' key fields."""
+"""The topic catalog, the rpk script generated from it, and the models' key fields."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from schemas.topics import TELEMETRY
 from tests.conftest import REPO
 
 
-def test_registry_has_the_topics_of_the_design() -> None:
+def test_the_catalog_has_the_topics_of_the_design() -> None:
     assert set(TOPICS) == {
         "telemetry.ralph",
         "telemetry.aidb",

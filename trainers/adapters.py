@@ -1,6 +1,6 @@
-"""The adapter registry: numbered adapter versions per base model and which one is active.
+"""The adapter store: numbered adapter versions per base model and which one is active.
 
-Layout under the registry folder (``LEARNSTREAM_TRAINING__REGISTRY_DIR``, else
+Layout under the adapter store folder (``LEARNSTREAM_TRAINING__REGISTRY_DIR``, else
 ``<data dir>/adapters``)::
 
     <slug of base model>/
@@ -32,12 +32,15 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.base import utcnow
 from schemas.training import TrainingResult
 
-log = logging.getLogger("learnstream.trainers.registry")
+if TYPE_CHECKING:
+    from learnstream.settings import Settings
+
+log = logging.getLogger("learnstream.trainers.adapters")
 
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
@@ -48,8 +51,8 @@ _SKIP_FILES = frozenset({"trainer", "README.md"})
 JobState = Literal["running", "registered", "done"]
 
 
-class RegistryError(Exception):
-    """A registry operation that cannot be done (unknown version, nothing to roll back to)."""
+class AdapterStoreError(Exception):
+    """An adapter store operation that cannot be done (unknown version, nothing to roll back to)."""
 
 
 def slugify(base_model: str) -> str:
@@ -168,12 +171,12 @@ def parse_version(text: str | int) -> int:
         return text
     raw = text.strip().lower().removeprefix("v")
     if not raw.isdigit():
-        raise RegistryError(f"not a version: {text!r} (expected e.g. 3 or v0003)")
+        raise AdapterStoreError(f"not a version: {text!r} (expected e.g. 3 or v0003)")
     return int(raw)
 
 
-class AdapterRegistry:
-    """The registry folder of one base model."""
+class AdapterStore:
+    """The adapter store folder of one base model."""
 
     def __init__(self, root: Path, base_model: str) -> None:
         self.root = Path(root)
@@ -182,10 +185,9 @@ class AdapterRegistry:
         self.dir = self.root / self.slug
 
     @classmethod
-    def for_settings(cls, settings: Any, base_model: str | None = None) -> AdapterRegistry:
-        """The registry of ``base_model`` (default: the settings' base model)."""
-        root = settings.training.registry_dir or settings.registry_dir
-        return cls(Path(root).expanduser(), base_model or settings.base_model)
+    def for_settings(cls, settings: Settings, base_model: str | None = None) -> AdapterStore:
+        """The adapter store of ``base_model`` (default: the settings' base model)."""
+        return cls(settings.adapters_dir, base_model or settings.base_model)
 
     # --- manifest ---------------------------------------------------------------------------
 
@@ -206,7 +208,7 @@ class AdapterRegistry:
             }
         data: dict[str, Any] = _read_json(self.manifest_path)
         if data.get("base_model") not in (None, self.base_model):
-            raise RegistryError(
+            raise AdapterStoreError(
                 f"{self.dir} belongs to base model {data['base_model']!r}, not {self.base_model!r}"
             )
         return data
@@ -252,10 +254,10 @@ class AdapterRegistry:
         if version is None:
             version = self.active_version()
             if version is None:
-                raise RegistryError(f"no active adapter for {self.base_model}")
+                raise AdapterStoreError(f"no active adapter for {self.base_model}")
         path = self.version_dir(version)
         if not path.is_dir():
-            raise RegistryError(f"{self.base_model} has no version {version_name(version)}")
+            raise AdapterStoreError(f"{self.base_model} has no version {version_name(version)}")
 
         def load(name: str) -> Any:
             file = path / name
@@ -292,7 +294,7 @@ class AdapterRegistry:
         activated.
         """
         if not (adapter_dir / "adapter_config.json").exists():
-            raise RegistryError(f"{adapter_dir} holds no adapter (adapter_config.json missing)")
+            raise AdapterStoreError(f"{adapter_dir} holds no adapter (adapter_config.json missing)")
         self.dir.mkdir(parents=True, exist_ok=True)
         staging = self.dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
@@ -335,24 +337,16 @@ class AdapterRegistry:
     def activate(self, version: int, reason: str = "manual") -> int | None:
         """Make ``version`` active (atomic manifest replace); returns the previous active."""
         if not self.version_dir(version).is_dir():
-            raise RegistryError(f"{self.base_model} has no version {version_name(version)}")
+            raise AdapterStoreError(f"{self.base_model} has no version {version_name(version)}")
         with self._manifest_lock():
             data = self.manifest()
             previous = data.get("active")
             stack: list[int] = list(data.get("stack", []))
             if previous != version:
                 stack.append(version)
-            data.update(active=version, stack=stack, base_model=self.base_model)
-            data.setdefault("history", []).append(
-                {
-                    "action": "activate",
-                    "version": version,
-                    "previous": previous,
-                    "reason": reason,
-                    "at": utcnow().isoformat(),
-                }
+            self._switch(
+                data, "activate", active=version, stack=stack, previous=previous, reason=reason
             )
-            self._write_manifest(data)
         log.info(
             "activated %s %s (was %s)",
             self.base_model,
@@ -361,17 +355,40 @@ class AdapterRegistry:
         )
         return None if previous is None else int(previous)
 
+    def _switch(
+        self,
+        data: dict[str, Any],
+        action: str,
+        *,
+        active: int | None,
+        stack: list[int],
+        previous: Any,
+        reason: str,
+    ) -> None:
+        """Write the manifest with ``active`` and ``stack``, the change in its history."""
+        data.update(active=active, stack=stack, base_model=self.base_model)
+        data.setdefault("history", []).append(
+            {
+                "action": action,
+                "version": active,
+                "previous": previous,
+                "reason": reason,
+                "at": utcnow().isoformat(),
+            }
+        )
+        self._write_manifest(data)
+
     def rollback(self, reason: str = "manual rollback") -> int | None:
         """Re-activate the version active before the current one; returns the new active.
 
         Repeated rollbacks walk further back; past the first activation the bare base model
-        (None) is active. Raises RegistryError when nothing is active.
+        (None) is active. Raises AdapterStoreError when nothing is active.
         """
         with self._manifest_lock():
             data = self.manifest()
             current = data.get("active")
             if current is None:
-                raise RegistryError(
+                raise AdapterStoreError(
                     f"nothing to roll back: no active adapter for {self.base_model}"
                 )
             stack: list[int] = list(data.get("stack", []))
@@ -381,17 +398,7 @@ class AdapterRegistry:
             while stack and not self.version_dir(stack[-1]).is_dir():
                 stack.pop()
             new = stack[-1] if stack else None
-            data.update(active=new, stack=stack, base_model=self.base_model)
-            data.setdefault("history", []).append(
-                {
-                    "action": "rollback",
-                    "version": new,
-                    "previous": current,
-                    "reason": reason,
-                    "at": utcnow().isoformat(),
-                }
-            )
-            self._write_manifest(data)
+            self._switch(data, "rollback", active=new, stack=stack, previous=current, reason=reason)
         log.info(
             "rolled back %s to %s",
             self.base_model,
