@@ -133,6 +133,22 @@ def test_patterns_search_and_top_while_the_worker_runs_and_after(
         urllib.request.urlopen(url.split("?", maxsplit=1)[0], timeout=10)
     assert refused.value.code == 400  # no ?q=
 
+    # The dataset commands read the JSONL file the worker appends to: no store to share.
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    full["LEARNSTREAM_DATA_DIR"] = str(worker.data_dir)
+    done = {}
+    for command in ("stats", "validate"):
+        done[command] = subprocess.run(
+            [sys.executable, "-m", "learnstream", "dataset", command],
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done[command].returncode == 0, done[command].stdout + done[command].stderr
+    assert json.loads(done["stats"].stdout)["valid"] >= len(QUERIES)
+
     # Another data directory: the worker's patterns are not this store's.
     other = _cli(tmp_path / "other", worker.port, "top", **no_model)
     assert other.returncode == 0, other.stderr
