@@ -374,12 +374,14 @@ def produce_send(
     Exits 0 when every line was delivered or dead-lettered, 1 when some could not be
     delivered (they stay in the spool and are resent by the next run with the same spool).
     """
+    from learnstream.cli_support import quiet_producer_log
     from schemas import Source
     from streams.producers.sdk import TelemetryProducer
     from streams.producers.sender import problem_lines, read_lines, send_lines
 
     settings = obj.settings
     obj.kafka_config()  # fail early and clearly when no broker is known
+    quiet_producer_log(settings)  # the last line says what stayed in the spool
     origin = str(getattr(file, "name", "<stdin>"))
     with TelemetryProducer(
         source, settings, name=spool_name or f"send-{source}", stage="send"
@@ -572,25 +574,36 @@ def patterns() -> None:
     """Skill patterns in Qdrant (skills-patterns)."""
 
 
+_WORKER_URL = click.option(
+    "--url",
+    default=None,
+    show_envvar=True,
+    help="Ask only this worker (default: the local one on LEARNSTREAM_WORKER__WEB_PORT if it "
+    "answers, else the store itself).",
+)
+
+
 @patterns.command("search")
 @click.argument("text")
 @click.option("--limit", default=5, show_envvar=True, type=click.IntRange(1, 100))
+@_WORKER_URL
 @pass_ctx
-def patterns_search(obj: Context, text: str, limit: int) -> None:
-    """Patterns most similar to TEXT (cosine)."""
+def patterns_search(obj: Context, text: str, limit: int, url: str | None) -> None:
+    """Patterns most similar to TEXT (cosine), through a running worker when one answers."""
     from extractors.commands import search_patterns
 
-    search_patterns(obj.settings, text, limit, echo=click.echo)
+    search_patterns(obj.settings, text, limit, echo=click.echo, url=url)
 
 
 @patterns.command("top")
 @click.option("--limit", default=10, show_envvar=True, type=click.IntRange(1, 1000))
+@_WORKER_URL
 @pass_ctx
-def patterns_top(obj: Context, limit: int) -> None:
-    """The most used and trusted patterns."""
+def patterns_top(obj: Context, limit: int, url: str | None) -> None:
+    """The most used and trusted patterns, through a running worker when one answers."""
     from extractors.commands import top_patterns
 
-    top_patterns(obj.settings, limit, echo=click.echo)
+    top_patterns(obj.settings, limit, echo=click.echo, url=url)
 
 
 @cli.group()
@@ -614,18 +627,14 @@ def dataset_stats(obj: Context) -> None:
 @click.option("--max-tokens", default=None, type=int, help="Longest allowed example.")
 @pass_ctx
 def dataset_validate(obj: Context, tokenizer: str | None, max_tokens: int | None) -> None:
-    """Check every line: JSON, roles, non-empty content, metadata, token length."""
-    from extractors.dataset import validate
-    from extractors.stage import dataset_path
+    """Check every line: JSON, roles, non-empty content, metadata, token length.
 
-    tok = None
-    if tokenizer:
-        from transformers import AutoTokenizer
+    --tokenizer takes a folder or a Hugging Face name (from the cache; from the hub only when
+    it can be reached and HF_HUB_OFFLINE is unset).
+    """
+    from extractors.commands import validate_dataset
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
-    report = validate(dataset_path(obj.settings), tokenizer=tok, max_tokens=max_tokens)
-    click.echo(report.summary())
-    if not report.ok:
+    if not validate_dataset(obj.settings, tokenizer, max_tokens, echo=click.echo):
         sys.exit(1)
 
 

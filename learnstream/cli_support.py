@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import click
@@ -57,3 +58,11 @@ def command_settings() -> Settings:
         return load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def quiet_producer_log(settings: Settings) -> None:
+    """Keep the producer SDK's warnings (``spooling to ...``, meant for long-running processes)
+    out of a one-shot command, which says itself what it left in the spool; errors still show,
+    and everything does with LEARNSTREAM_LOG_LEVEL=DEBUG."""
+    if settings.log_level != "DEBUG":
+        logging.getLogger("learnstream.producer").setLevel(logging.ERROR)

@@ -25,12 +25,16 @@ if TYPE_CHECKING:
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
+    from learnstream.cli import librdkafka_logger
     from learnstream.kafka import BrokerNotConfiguredError, client_config
 
     try:
-        return client_config(settings)
+        conf = client_config(settings)
     except BrokerNotConfiguredError as exc:
         raise click.ClickException(str(exc)) from None
+    # librdkafka's FAIL line per retry goes through logging (shown with LOG_LEVEL=DEBUG).
+    conf.setdefault("logger", librdkafka_logger(settings.log_level == "DEBUG"))
+    return conf
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -155,19 +159,22 @@ def replay(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     from learnstream.brokerprofile import profile_for
+    from learnstream.cli import broker_errors, reach_broker
 
     settings = command_settings()
     conf = _kafka_config(settings)
+    reach_broker(conf, timeout)  # a dead address: one line within --timeout
     profile = profile_for(settings)
     try:
-        states = read_states(conf, group, topics, partitions, timeout)
-        times = (
-            lookup_times(
-                conf, states, target.value, timeout, scan_for_times=not profile.timestamp_index
+        with broker_errors(conf, timeout):
+            states = read_states(conf, group, topics, partitions, timeout)
+            times = (
+                lookup_times(
+                    conf, states, target.value, timeout, scan_for_times=not profile.timestamp_index
+                )
+                if target.kind == "time"
+                else {}
             )
-            if target.kind == "time"
-            else {}
-        )
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
     plans = plan_resets(states, target, times)
@@ -245,12 +252,14 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
     lines go to telemetry.dlq. Exits 0 when every line was delivered or dead-lettered, 1 when
     some could not be delivered (they stay in the spool and are resent by the next run).
     """
+    from learnstream.cli_support import quiet_producer_log
     from schemas import Source
     from streams.producers.sdk import TelemetryProducer
     from streams.producers.sender import problem_lines, read_lines, send_lines
 
     settings = command_settings()
     _kafka_config(settings)  # fail early and clearly when no broker is known
+    quiet_producer_log(settings)  # the last line says what stayed in the spool
     sent = invalid = 0
     with TelemetryProducer(
         source, settings, name=spool_name or f"backfill-{source}", stage="backfill"

@@ -167,13 +167,14 @@ def create_app(
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
 
-    from streams.agents import extract, score, triggers
+    from streams.agents import extract, queries, score, triggers
 
     score.register(app, ctx)
     if ctx.extraction is not None:
         extract.register(app, ctx)
     if settings.worker.triggers:
         triggers.register(app, ctx)
+    queries.register(app, ctx)  # read-only pages over the stores this worker holds
     app.learnstream_context = ctx  # type: ignore[attr-defined]
     return app
 

@@ -351,4 +351,7 @@ def register_api(
                 return stage.store.top(limit=limit)
 
         found = await asyncio.get_running_loop().run_in_executor(None, best)
-        return web.json({"patterns": [json.loads(p.model_dump_json()) for p in found]})
+        from extractors.commands import store_identity  # which store answered (the CLI checks)
+
+        patterns = [json.loads(p.model_dump_json()) for p in found]
+        return web.json({"store": store_identity(settings), "patterns": patterns})
