@@ -279,6 +279,23 @@ def load(table: Any, base_model: str) -> ImprovementState:
     return ImprovementState.model_validate_json(stored)
 
 
+def owner_of(app: Any, table: Any, base_model: str) -> Any:
+    """The base URL of the worker whose partition of ``table`` holds ``base_model``, or None
+    where the group has not assigned it (yet)."""
+    try:
+        return app.router.key_store(table.name, base_model)
+    except Exception:  # no assignment yet, or the producer has no metadata of the topic
+        pass
+    # The table has one partition: its owner is the one worker assigned partition 0.
+    try:
+        hosts = app.router.table_metadata(table.name)
+    except Exception:
+        return None
+    changelog = table.changelog_topic.get_topic_name()
+    owners = [url for url, tps in hosts.items() if 0 in tps.get(changelog, ())]
+    return owners[0] if len(owners) == 1 else None
+
+
 def register_api(
     app: faust.App,
     ctx: StreamContext,
@@ -301,18 +318,10 @@ def register_api(
     def holds(base_model: str) -> bool:
         return table.get(base_model) is not None
 
-    def owner_of(base_model: str) -> Any:
-        """The base URL of the worker whose table partition holds ``base_model``, or None
-        where the group has not assigned it (yet)."""
-        try:
-            return app.router.key_store(table.name, base_model)
-        except Exception:  # no assignment or no topic metadata yet
-            return None
-
     def elsewhere(web: Any, request: Any, base_model: str) -> Any:
         """A redirect to the owning worker when that is another one, else None."""
         location = redirect_location(
-            owner_of(base_model), app.conf.canonical_url, str(request.url.raw_path_qs)
+            owner_of(app, table, base_model), app.conf.canonical_url, str(request.url.raw_path_qs)
         )
         if location is None:
             return None
