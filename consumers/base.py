@@ -124,6 +124,8 @@ class ConsumerOptions(TypedDict, total=False):
     backoff_max: float
     consumer_config: dict[str, Any] | None
     stop: threading.Event | None
+    consumer: Consumer | None
+    producer: Producer | None
 
 
 class KafkaConsumerProcess(abc.ABC, Generic[M]):
@@ -135,7 +137,8 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
 
     ``consumer_config`` adds or overrides librdkafka consumer properties; failed attempts are
     retried after ``backoff_initial`` seconds, doubling up to ``backoff_max``; ``stop`` ends
-    `run` (and any retrying).
+    `run` (and any retrying). ``consumer`` and ``producer`` are the Kafka clients to use
+    instead of creating them from the settings on first use (tests pass fakes; tests/fakes.py).
     """
 
     name: ClassVar[str]
@@ -158,6 +161,8 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
         backoff_max: float = 30.0,
         consumer_config: dict[str, Any] | None = None,
         stop: threading.Event | None = None,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -173,8 +178,8 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
         self.backoff_max = backoff_max
         self.stop = stop or threading.Event()
         self._consumer_config = consumer_config or {}
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._consumer: Consumer | None = consumer
+        self._producer: Producer | None = producer
         self._paused = False
         self.summary = Summary(log, self.name, settings.summary_interval_s)
 

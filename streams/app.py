@@ -1,50 +1,31 @@
 """The Faust app: one app, one module per agent (streams/agents/), built from the settings.
 
-`create_app(settings)` wires the shared context (embedding model, Qdrant, metrics) and
-registers the agents; `run_worker` runs it. Against the dev broker topics cannot be declared
-(the mock cluster has no CreateTopics), so ``topic_allow_declare`` is off there; against
-Kafka/Redpanda create the topics first with `learnstream topics create`.
+`create_app(settings)` wires the shared context (`streams.context`: embedding model, Qdrant,
+metrics) and registers the agents; `run_worker` runs it and closes the context once it has
+stopped. Against the dev broker topics cannot be declared (the mock cluster has no
+CreateTopics), so ``topic_allow_declare`` is off there; against Kafka/Redpanda create the
+topics first with `learnstream topics create`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 from learnstream.brokerprofile import profile_for
 from learnstream.kafka import bootstrap_servers, client_config
-from learnstream.metrics import StreamMetrics
 from learnstream.net import free_port
 from learnstream.settings import Settings
-from scorers.embeddings import Embedder
-from scorers.stage import ScoringStage
-from scorers.vectors import VectorLookups, ensure_collections, qdrant_client
-
-if TYPE_CHECKING:
-    from extractors.stage import ExtractionStage
+from streams.context import StreamContext, build_context
 
 log = logging.getLogger("learnstream.worker")
-
-
-@dataclass
-class StreamContext:
-    """What the agents share in one worker process."""
-
-    settings: Settings
-    registry: CollectorRegistry
-    metrics: StreamMetrics
-    stage: ScoringStage
-    executor: ThreadPoolExecutor
-    extraction: ExtractionStage | None = None
-    extract_executor: ThreadPoolExecutor | None = None
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -79,33 +60,13 @@ def broker_credentials(settings: Settings) -> Any:
     )
 
 
-def build_context(settings: Settings, registry: CollectorRegistry | None = None) -> StreamContext:
-    """Load the model, open Qdrant, create the collections."""
-    registry = registry or REGISTRY
-    metrics = StreamMetrics.on(registry)
-    embedder = Embedder(settings.embedding, registry)
-    embedder.load()
-    client = qdrant_client(settings)
-    ensure_collections(client, settings.embedding.dimensions)
-    lookups = VectorLookups(client)
-    stage = ScoringStage(settings, embedder, lookups, metrics)
-    # One thread per stage: each stage handles one batch at a time, in order; stages share
-    # the Qdrant client under one lock.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
-    ctx = StreamContext(settings, registry, metrics, stage, executor)
-    if settings.worker.extract:
-        from extractors.stage import ExtractionStage
-
-        ctx.extraction = ExtractionStage.create(
-            settings,
-            embedder,
-            client,
-            registry,
-            vector_lock=stage.vector_lock,
-            pattern_index=lookups.patterns,
-        )
-        ctx.extract_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract")
-    return ctx
+def web_host(settings: Settings) -> str:
+    """The host name other workers' redirects point at: the web server's bind address, or the
+    host name where it listens on every address."""
+    bind = settings.worker.web_bind
+    if bind in ("", "0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{bind}]" if ":" in bind else bind
 
 
 def group_timings(settings: Settings) -> tuple[float, float]:
@@ -147,6 +108,7 @@ def create_app(
         web_enabled=web_enabled,
         web_port=web_port,
         web_bind=settings.worker.web_bind,
+        web_host=web_host(settings),  # the canonical URL others are redirected to
         producer_linger=0.005,
         producer_compression_type=profile.compression,
         consumer_auto_offset_reset="earliest",
@@ -175,7 +137,6 @@ def create_app(
     if settings.worker.triggers:
         triggers.register(app, ctx)
     queries.register(app, ctx)  # read-only pages over the stores this worker holds
-    app.learnstream_context = ctx  # type: ignore[attr-defined]
     return app
 
 
@@ -231,10 +192,14 @@ class BoundedShutdownWorker(faust.Worker):
 def run_worker(settings: Settings, *, web_port: int | None = None, loglevel: str = "info") -> None:
     """Run a Faust worker until SIGINT/SIGTERM (its shutdown is bounded)."""
     ensure_topics(settings)
-    app = create_app(settings, web_port=web_port)
+    ctx = build_context(settings)
+    app = create_app(settings, context=ctx, web_port=web_port)
     worker = BoundedShutdownWorker(app, loglevel=loglevel, quiet=True)
     worker.shutdown_timeout_s = settings.worker.shutdown_timeout_s
     # Faust's terminal spinner sets the root logger to DEBUG when the level is WARNING or
     # higher, so every debug call builds a record (-19% throughput in bench_faust_forward.py).
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:  # the agents have stopped: their pools, the extraction stage and Qdrant go too
+        ctx.close()

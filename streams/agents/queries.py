@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import faust
 
     from extractors.store import PatternStore
-    from streams.app import StreamContext
+    from streams.context import StreamContext
 
 MAX_LIMIT = 100
 

@@ -26,7 +26,6 @@ committed offset (Faust's ``_committed_offset``), else its earliest offset.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import logging
 import time
@@ -35,19 +34,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from learnstream.summary import Summary
+from schemas.dlq import DeadLetter
 from schemas.errors import one_line
-from schemas.headers import dead_letter_headers, json_headers
+from schemas.headers import json_headers
 from schemas.interaction import ScoredInteraction
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
 from scorers.stage import Pending, RawRecord, arrival_of, needs_lookup
 from scorers.watermark import EventTimeBuffer
 from streams.acks import InOrderAcks, OffsetGaps
+from streams.agents.outputs import Output, Outputs, dead_letter_outputs
 
 if TYPE_CHECKING:
     import faust
 
     from learnstream.settings import Settings
-    from streams.app import StreamContext
+    from streams.context import StreamContext
 
 log = logging.getLogger("learnstream.score")
 
@@ -57,6 +58,27 @@ QUERY_TIMEOUT_S = 10.0  # one end-offset query; past it the held events wait for
 
 def _key(tp: Any) -> Key:
     return (str(tp.topic), int(tp.partition))
+
+
+def scored_outputs(scored: ScoredInteraction) -> list[Output]:
+    """What one scored interaction sends: its `interactions.scored` record and, when it is
+    high-value, the same record to `patterns.candidates`; keyed by event id."""
+    i = scored.interaction
+    key = i.event_id.encode()
+    value = scored.model_dump_json().encode()
+    headers = json_headers(i.source.value, i.event_type, scored.schema_version)
+    out = [Output(INTERACTIONS_SCORED.name, key, value, headers)]
+    if scored.high_value:
+        out.append(Output(PATTERNS_CANDIDATES.name, key, value, headers))
+    return out
+
+
+def batch_outputs(
+    scored: Sequence[ScoredInteraction], dead: Sequence[DeadLetter] = ()
+) -> list[Output]:
+    """What a scored batch sends: each interaction's records (`scored_outputs`), in order,
+    then the dead letters of the records that did not parse."""
+    return [o for s in scored for o in scored_outputs(s)] + dead_letter_outputs(dead)
 
 
 class EndOffsets:
@@ -94,9 +116,9 @@ class EndOffsets:
 class ScoreLoop:
     """One `score` agent instance: the watermark buffer, the batch loop and the ticker."""
 
-    def __init__(self, app: faust.App, ctx: StreamContext, stream: Any, topics: Any) -> None:
+    def __init__(self, app: faust.App, ctx: StreamContext, stream: Any, outputs: Outputs) -> None:
         self.app, self.ctx, self.stream = app, ctx, stream
-        self.scored_topic, self.candidates_topic, self.dlq_topic = topics
+        self.outputs = outputs
         conf = ctx.settings.score
         self.watermark = conf.watermark
         self.buffer: EventTimeBuffer[tuple[Any, Pending]] = EventTimeBuffer(
@@ -206,8 +228,8 @@ class ScoreLoop:
         self.summary.add(recovered=len(records))
         ready = [Pending(p.interaction, arrival_of(p.record)) for p in parsed]
         scored = await loop.run_in_executor(self.ctx.executor, self._score, ready) if ready else []
-        sends = [s for item in scored for s in self._sends(item)]
-        await asyncio.gather(*sends, *self._dead_letter_sends(dead))
+        self._count_dead(dead)
+        await self.outputs.send_all(batch_outputs(scored, dead))
         self.summary.add(scored=len(scored), high_value=sum(1 for x in scored if x.high_value))
 
     def _read_range(self, ranges: Mapping[Key, tuple[int, int]]) -> list[RawRecord]:
@@ -301,24 +323,14 @@ class ScoreLoop:
             await self._send_dead(dead, dead_events)
             await self._flush(ready)
 
-    def _dead_letter_sends(self, dead: Sequence[Any]) -> list[Any]:
-        """The sends of ``dead`` to the DLQ (counted)."""
+    def _count_dead(self, dead: Sequence[DeadLetter]) -> None:
         self.summary.add(dead_letters=len(dead))
-        sends = []
-        for letter in dead:
-            self.metrics.dead_letters.labels("score").inc()
-            dlq_key = base64.b64decode(letter.original_key_b64) if letter.original_key_b64 else None
-            sends.append(
-                self.dlq_topic.send(
-                    key=dlq_key,
-                    value=letter.model_dump_json().encode(),
-                    headers=dead_letter_headers(letter),
-                )
-            )
-        return sends
+        if dead:
+            self.metrics.dead_letters.labels("score").inc(len(dead))
 
-    async def _send_dead(self, dead: Sequence[Any], events: Sequence[Any]) -> None:
-        await asyncio.gather(*self._dead_letter_sends(dead))
+    async def _send_dead(self, dead: Sequence[DeadLetter], events: Sequence[Any]) -> None:
+        self._count_dead(dead)
+        await self.outputs.send_all(dead_letter_outputs(dead))
         await self._ack(events)
 
     async def _ack(self, events: Sequence[Any], also: Iterable[Any] = ()) -> None:
@@ -371,25 +383,16 @@ class ScoreLoop:
             return
         loop = asyncio.get_running_loop()
         scored = await loop.run_in_executor(self.ctx.executor, self._score, [p for _, p in ready])
-        await asyncio.gather(*(s for item in scored for s in self._sends(item)))
+        await self.outputs.send_all(batch_outputs(scored))
         await self._ack([event for event, _ in ready])
         self.summary.add(scored=len(scored), high_value=sum(1 for x in scored if x.high_value))
 
     def _score(self, items: list[Pending]) -> list[ScoredInteraction]:
         scored = self.ctx.stage.score(items)
-        if self.ctx.extraction is not None:  # patterns_used feedback updates pattern confidence
-            self.ctx.extraction.apply_feedback(scored)
+        # patterns_used feedback updates pattern confidence, on every worker (it comes with the
+        # telemetry partitions this one owns, whether or not it runs the extract agent)
+        self.ctx.apply_feedback(scored)
         return scored
-
-    def _sends(self, scored: ScoredInteraction) -> list[Any]:
-        i = scored.interaction
-        key = i.event_id.encode()
-        value = scored.model_dump_json().encode()
-        headers = json_headers(i.source.value, i.event_type, scored.schema_version)
-        sends = [self.scored_topic.send(key=key, value=value, headers=headers)]
-        if scored.high_value:
-            sends.append(self.candidates_topic.send(key=key, value=value, headers=headers))
-        return sends
 
     async def tick_forever(self) -> None:
         """Release held events as partitions pass, also while no new record comes."""
@@ -411,8 +414,11 @@ class ScoreLoop:
                 log.exception("releasing held events failed; retrying at the next tick")
 
 
-def register(app: faust.App, ctx: StreamContext) -> Any:
-    """Attach the `score` agent to ``app``."""
+def register(
+    app: faust.App, ctx: StreamContext, *, outputs: Mapping[str, Any] | None = None
+) -> Any:
+    """Attach the `score` agent to ``app``; ``outputs`` replaces output topics by name (an
+    in-process test passes ``app.channel()``s)."""
     source_topics = app.topic(
         *(t.name for t in TELEMETRY.values()),
         key_type=bytes,
@@ -420,11 +426,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
         key_serializer="raw",
         value_serializer="raw",
     )
-    scored_topic = app.topic(INTERACTIONS_SCORED.name, key_serializer="raw", value_serializer="raw")
-    candidates_topic = app.topic(
-        PATTERNS_CANDIDATES.name, key_serializer="raw", value_serializer="raw"
-    )
-    dlq_topic = app.topic(DLQ.name, key_serializer="raw", value_serializer="raw")
+    sends = Outputs(app, (INTERACTIONS_SCORED.name, PATTERNS_CANDIDATES.name, DLQ.name), outputs)
     score_conf = ctx.settings.score
     current: list[ScoreLoop] = []
 
@@ -436,7 +438,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
 
     @app.agent(source_topics, name="score")
     async def score(stream: Any) -> None:
-        loop = ScoreLoop(app, ctx, stream, (scored_topic, candidates_topic, dlq_topic))
+        loop = ScoreLoop(app, ctx, stream, sends)
         current[:] = [loop]
         ticker = asyncio.ensure_future(loop.tick_forever())
         try:
@@ -447,5 +449,4 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
         finally:
             ticker.cancel()
 
-    score.learnstream_loops = current  # type: ignore[attr-defined]
     return score

@@ -15,7 +15,12 @@ HTTP (the worker's web server): ``GET /api/v1/improvement/status``,
 ``POST /api/v1/improvement/trigger``, ``GET /api/v1/feedback/statistics``,
 ``GET /api/v1/patterns/top``, ``GET /api/v1/learnings/recent``; each takes
 ``?base_model=`` (default: ``LEARNSTREAM_BASE_MODEL``). The state is answered by the worker
-that owns the base model's partition; others redirect there or say they do not hold it.
+that owns the base model's partition; the others answer ``307 Temporary Redirect`` to the same
+path on the owner (its Faust canonical URL, ``http://<web bind or host name>:<web port>``), or
+404 where no worker owns it yet.
+
+What the agents do per record is in pure functions: `improvement_output` (what a forwarder
+sends), `fold` (what `triggers` stores and sends), `trigger_outputs`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import ipaddress
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,7 +47,8 @@ from schemas.topics import (
     TRAINING_RESULTS,
     TRAINING_TRIGGERS,
 )
-from schemas.training import TrainingResult
+from schemas.training import TrainingResult, TrainingTrigger
+from streams.agents.outputs import Output, Outputs
 from trainers.triggers import (
     ImprovementEvent,
     ImprovementState,
@@ -55,8 +62,8 @@ from trainers.triggers import (
 if TYPE_CHECKING:
     import faust
 
-    from learnstream.settings import Settings
-    from streams.app import StreamContext
+    from learnstream.settings import Settings, TriggerSettings
+    from streams.context import StreamContext
 
 log = logging.getLogger("learnstream.triggers")
 M = TypeVar("M", bound=BaseModel)
@@ -88,8 +95,69 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def register(app: faust.App, ctx: StreamContext) -> Any:
-    """Attach the trigger agents, timer and HTTP API to ``app``."""
+def improvement_output(event: ImprovementEvent, topic: str) -> Output:
+    """The record a forwarder (or the timer, or a manual request) sends for ``event`` to the
+    internal topic ``topic``, keyed by base model."""
+    return Output(topic, event.base_model.encode(), event.model_dump_json().encode())
+
+
+def trigger_outputs(trigger: TrainingTrigger | None) -> list[Output]:
+    """The `training.triggers` record of ``trigger`` (none without one), keyed by base model."""
+    if trigger is None:
+        return []
+    return [
+        Output(
+            TRAINING_TRIGGERS.name,
+            trigger.base_model.encode(),
+            trigger.model_dump_json().encode(),
+            json_headers("triggers", "training_trigger", trigger.schema_version),
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What `fold` made of one improvement event."""
+
+    state: ImprovementState
+    stored: str  # the state as the table stores it
+    trigger: TrainingTrigger | None
+    why: str
+    outputs: list[Output]
+
+
+def fold(
+    stored: str | None, event: ImprovementEvent, cfg: TriggerSettings, now: datetime
+) -> Folded:
+    """Fold ``event`` into the base model's stored state (None: a fresh one) at time ``now``:
+    the state to store and what to send (a training trigger when a rule fires)."""
+    state = (
+        ImprovementState(base_model=event.base_model)
+        if stored is None
+        else ImprovementState.model_validate_json(stored)
+    )
+    trigger, why = step(state, event, cfg, now)
+    return Folded(state, state.model_dump_json(), trigger, why, trigger_outputs(trigger))
+
+
+def redirect_location(owner: Any, here: Any, path_qs: str) -> str | None:
+    """Where to redirect a request for ``path_qs`` whose state lives at ``owner`` (the
+    owning worker's base URL, None if unknown); None when that is this worker (``here``)."""
+    if owner is None:
+        return None
+    from yarl import URL
+
+    owner_url, here_url = URL(str(owner)), URL(str(here))
+    if (owner_url.host, owner_url.port) == (here_url.host, here_url.port):
+        return None
+    return f"{owner_url.origin()}/{path_qs.lstrip('/')}"
+
+
+def register(
+    app: faust.App, ctx: StreamContext, *, outputs: Mapping[str, Any] | None = None
+) -> Any:
+    """Attach the trigger agents, timer and HTTP API to ``app``; ``outputs`` replaces output
+    topics by name (an in-process test passes ``app.channel()``s)."""
     import faust
 
     settings = ctx.settings
@@ -108,10 +176,12 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
         partitions=1,
         schema=faust.Schema(key_type=str, value_type=str, **raw),
     )
-    triggers_topic = app.topic(TRAINING_TRIGGERS.name, **raw)
+    internal_name = internal.get_topic_name()
+    sends = Outputs(app, (TRAINING_TRIGGERS.name,), outputs)
+    forwards = Outputs(app, (internal_name,), {internal_name: internal, **(outputs or {})})
 
     async def forward(event: ImprovementEvent) -> None:
-        await internal.send(key=event.base_model.encode(), value=event.model_dump_json().encode())
+        await forwards.send(improvement_output(event, internal_name))
 
     register_forwarders(app, settings, forward)
 
@@ -130,13 +200,13 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
             except ValidationError as exc:
                 log.warning("skipping an invalid improvement event: %s", exc.errors()[0])
                 continue
-            state = load(table, event.base_model)
-            trigger, why = step(state, event, cfg, _now())
-            table[event.base_model] = state.model_dump_json()
-            observe(state)
+            folded = fold(table.get(event.base_model), event, cfg, _now())
+            table[event.base_model] = folded.stored
+            observe(folded.state)
+            trigger = folded.trigger
             if trigger is None:
                 if event.kind == "manual":
-                    log.info("%s: %s", event.base_model, why)
+                    log.info("%s: %s", event.base_model, folded.why)
                 continue
             for reason in trigger.reasons:
                 ctx.metrics.training_triggers.labels(trigger.base_model, reason.value).inc()
@@ -146,11 +216,7 @@ def register(app: faust.App, ctx: StreamContext) -> Any:
                 trigger.base_model,
                 trigger.detail,
             )
-            await triggers_topic.send(
-                key=trigger.base_model.encode(),
-                value=trigger.model_dump_json().encode(),
-                headers=json_headers("triggers", "training_trigger", trigger.schema_version),
-            )
+            await sends.send_all(folded.outputs)
 
     @app.timer(interval=cfg.check_interval_s)
     async def tick() -> None:
@@ -213,6 +279,23 @@ def load(table: Any, base_model: str) -> ImprovementState:
     return ImprovementState.model_validate_json(stored)
 
 
+def owner_of(app: Any, table: Any, base_model: str) -> Any:
+    """The base URL of the worker whose partition of ``table`` holds ``base_model``, or None
+    where the group has not assigned it (yet)."""
+    try:
+        return app.router.key_store(table.name, base_model)
+    except Exception:  # no assignment yet, or the producer has no metadata of the topic
+        pass
+    # The table has one partition: its owner is the one worker assigned partition 0.
+    try:
+        hosts = app.router.table_metadata(table.name)
+    except Exception:
+        return None
+    changelog = table.changelog_topic.get_topic_name()
+    owners = [url for url, tps in hosts.items() if 0 in tps.get(changelog, ())]
+    return owners[0] if len(owners) == 1 else None
+
+
 def register_api(
     app: faust.App,
     ctx: StreamContext,
@@ -235,12 +318,25 @@ def register_api(
     def holds(base_model: str) -> bool:
         return table.get(base_model) is not None
 
+    def elsewhere(web: Any, request: Any, base_model: str) -> Any:
+        """A redirect to the owning worker when that is another one, else None."""
+        location = redirect_location(
+            owner_of(app, table, base_model), app.conf.canonical_url, str(request.url.raw_path_qs)
+        )
+        if location is None:
+            return None
+        return web.json(
+            {"base_model": base_model, "owner": location},
+            status=307,
+            headers={"Location": location},
+        )
+
     def not_here(web: Any, base_model: str) -> Any:
         return web.json(
             {
                 "base_model": base_model,
-                "error": "no improvement state for this base model on this worker (another "
-                "worker of the group may own its partition, or nothing was learned yet)",
+                "error": "no improvement state for this base model yet (no worker of the "
+                "group owns its partition yet, or nothing was learned yet)",
             },
             status=404,
         )
@@ -248,6 +344,8 @@ def register_api(
     @app.page("/api/v1/improvement/status")
     async def status(web: Any, request: Any) -> Any:
         base_model = base_model_of(request)
+        if (moved := elsewhere(web, request, base_model)) is not None:
+            return moved
         if not holds(base_model):
             return not_here(web, base_model)
         state = load(table, base_model)
@@ -303,6 +401,8 @@ def register_api(
     @app.page("/api/v1/feedback/statistics")
     async def feedback(web: Any, request: Any) -> Any:
         base_model = base_model_of(request)
+        if (moved := elsewhere(web, request, base_model)) is not None:
+            return moved
         if not holds(base_model):
             return not_here(web, base_model)
         state = load(table, base_model)
@@ -326,6 +426,8 @@ def register_api(
     @app.page("/api/v1/learnings/recent")
     async def recent(web: Any, request: Any) -> Any:
         base_model = base_model_of(request)
+        if (moved := elsewhere(web, request, base_model)) is not None:
+            return moved
         if not holds(base_model):
             return not_here(web, base_model)
         state = load(table, base_model)

@@ -18,6 +18,17 @@ from typing import Any
 
 import pytest
 
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ is marked ``integration`` (a ``pytestmark`` in a
+    conftest marks nothing: pytest reads it from test modules only), so ``-m "not
+    integration"`` leaves them all out, whether or not their module marks them itself."""
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
 
 class DevBrokerProcess:
     """`learnstream broker` running in a subprocess with its own data directory."""

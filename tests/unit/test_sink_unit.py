@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from consumers.telemetry_sink import (
 from learnstream.postgres import redact
 from learnstream.settings import Settings
 from schemas.interaction import FactorScores, Interaction, ScoredInteraction, ScoreWeights
+from tests.fakes import FakeConsumer, FakeMessage, FakeTP
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MIGRATIONS = Path(ts.__file__).parent / "migrations"
@@ -210,82 +210,6 @@ def test_redact_hides_passwords() -> None:
 # --- outage handling with a fake consumer ----------------------------------------------------
 
 
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
-        self._t, self._p, self._o, self._v = topic, partition, offset, value
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def key(self) -> bytes:
-        return f"k{self._o}".encode()
-
-    def value(self) -> bytes | None:
-        return self._v
-
-    def error(self) -> None:
-        return None
-
-
-class FakeTP:
-    def __init__(self, topic: str, partition: int, offset: int = -1001) -> None:
-        self.topic, self.partition, self.offset, self.error = topic, partition, offset, None
-
-
-class FakeConsumer:
-    """Records calls; serves one batch, then nothing."""
-
-    def __init__(self, batches: list[list[FakeMessage]]) -> None:
-        self.batches = batches
-        self.calls: list[str] = []
-        self.committed: list[list[tuple[str, int, int]]] = []
-        self.paused = False
-        self.on_poll: Any = None
-        self.on_consume: Any = None  # runs inside consume(), like rebalance callbacks
-
-    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
-        self.calls.append("consume")
-        assert not self.paused, "consumed while paused"
-        if self.on_consume is not None:
-            self.on_consume()
-        return self.batches.pop(0) if self.batches else []
-
-    def poll(self, timeout: float) -> FakeMessage | None:
-        self.calls.append("poll")
-        assert self.paused, "polled for records while not paused"
-        time.sleep(min(timeout, 0.002))
-        return self.on_poll() if self.on_poll is not None else None
-
-    def assignment(self) -> list[FakeTP]:
-        return [FakeTP("t", 0), FakeTP("t", 1)]
-
-    def pause(self, partitions: list[Any]) -> None:
-        self.calls.append("pause")
-        self.paused = True
-
-    def resume(self, partitions: list[Any]) -> None:
-        self.calls.append("resume")
-        self.paused = False
-
-    def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
-        assert asynchronous is False
-        self.calls.append("commit")
-        self.committed.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
-        return offsets
-
-    def position(self, partitions: list[Any]) -> list[Any]:
-        return partitions
-
-    def close(self) -> None:
-        self.calls.append("close")
-
-
 def fake_sink(consumer: FakeConsumer, fail: int, **kw: Any) -> tuple[TelemetrySink, list[int]]:
     sink = TelemetrySink(
         Settings(kafka={"bootstrap_servers": "127.0.0.1:1"}),
@@ -293,9 +217,9 @@ def fake_sink(consumer: FakeConsumer, fail: int, **kw: Any) -> tuple[TelemetrySi
         registry=CollectorRegistry(),
         backoff_initial=0.01,
         backoff_max=0.02,
+        consumer=consumer,  # type: ignore[arg-type]
         **kw,
     )
-    sink._consumer = consumer  # type: ignore[assignment]
     writes: list[int] = []
 
     def write(rows: list[dict[str, Any]]) -> list[Any]:
@@ -326,7 +250,7 @@ def test_outage_retries_the_same_batch_paused_and_commits_after_the_write() -> N
     commit = consumer.calls.index("commit")
     assert consumer.calls.index("pause") < commit  # paused during the outage
     assert last_pause < commit < consumer.calls.index("resume")  # resumed once committed
-    assert consumer.committed == [[("t", 0, 2), ("t", 1, 1)]]
+    assert consumer.commits == [[("t", 0, 2), ("t", 1, 1)]]
     registry = sink.metrics.registry
     assert registry.get_sample_value("learnstream_sink_db_errors_total") == 3
     assert registry.get_sample_value("learnstream_sink_db_up") == 0  # _write is faked
@@ -347,9 +271,9 @@ def test_stop_during_an_outage_commits_nothing() -> None:
 
     consumer.on_poll = on_poll
     assert sink.run_once() == 0
-    assert consumer.committed == []
+    assert consumer.commits == []
     sink.close()
-    assert consumer.committed == []  # closing does not commit the unwritten batch either
+    assert consumer.commits == []  # closing does not commit the unwritten batch either
     assert consumer.calls[-1] == "close"
 
 
@@ -366,7 +290,7 @@ def test_revocation_during_an_outage_hands_the_records_back() -> None:
     # The try inside the revocation failed too, so partition 1's records were left to the
     # next owner: only partition 0 was written and committed.
     assert writes[-1] == 1
-    assert consumer.committed == [[("t", 0, 1)]]
+    assert consumer.commits == [[("t", 0, 1)]]
 
 
 def test_revocation_also_forgets_records_that_arrived_while_paused() -> None:
@@ -389,7 +313,7 @@ def test_revocation_also_forgets_records_that_arrived_while_paused() -> None:
     consumer.on_poll = None
     sink.run_once()  # the next batch would have carried the held record
     assert writes[-1] == 1 and sum(n for n in writes if n > 0) == 1
-    assert consumer.committed == [[("t", 0, 1)]]  # nothing of partition 1: not ours any more
+    assert consumer.commits == [[("t", 0, 1)]]  # nothing of partition 1: not ours any more
 
 
 def test_a_revocation_inside_the_next_consume_forgets_held_records() -> None:
@@ -408,7 +332,7 @@ def test_a_revocation_inside_the_next_consume_forgets_held_records() -> None:
     consumer.on_consume = revoke
     assert sink.run_once() == 0
     assert writes == [-2, 2]
-    assert consumer.committed == [[("t", 0, 1), ("t", 1, 1)]]  # (1, 1) is the next owner's
+    assert consumer.commits == [[("t", 0, 1), ("t", 1, 1)]]  # (1, 1) is the next owner's
 
 
 def test_invalid_records_are_dead_lettered_before_the_commit() -> None:
@@ -418,14 +342,14 @@ def test_invalid_records_are_dead_lettered_before_the_commit() -> None:
     sent: list[list[Item]] = []
 
     def send(items: list[Item]) -> None:
-        assert consumer.committed == []
+        assert consumer.commits == []
         sent.append(items)
 
     sink._send_letters = send  # type: ignore[method-assign]
     assert sink.run_once() == 2
     assert writes == [1]
     assert [i.offset for i in sent[0]] == [1]
-    assert consumer.committed == [[("t", 0, 2)]]
+    assert consumer.commits == [[("t", 0, 2)]]
 
 
 def test_commit_failures_retry_only_retriable_errors(

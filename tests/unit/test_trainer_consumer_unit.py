@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +32,7 @@ from learnstream.settings import Settings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
+from tests.fakes import FakeConsumer, FakeMessage, FakeProducer, FakeTP
 from trainers.adapters import AdapterStore, JobRecord
 
 TOPIC = "training.triggers"
@@ -158,136 +158,9 @@ def test_progress_is_logged_at_most_every_interval(caplog: pytest.LogCaptureFixt
 # --- the loop against fake clients -----------------------------------------------------------
 
 
-class FakeMessage:
-    def __init__(self, offset: int, value: bytes | None, partition: int = 0) -> None:
-        self._offset = offset
-        self._value = value
-        self._partition = partition
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return TOPIC
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return BASE.encode()
-
-    def value(self) -> bytes | None:
-        return self._value
-
-
-class FakeTP:
-    def __init__(self, topic: str, partition: int, offset: int = -1001) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.error = None
-
-
-class FakeConsumer:
-    """Serves the given batches; records pauses, polls and commits."""
-
-    def __init__(self, batches: list[list[FakeMessage]]) -> None:
-        self.batches = batches
-        self.calls: list[str] = []
-        self.committed: list[tuple[str, int, int]] = []
-        self.paused = False
-        self.assigned = [FakeTP(TOPIC, 0)]
-        self.on_poll: Callable[[], None] | None = None
-        self.failing_commits = 0  # the next commits that the broker refuses
-        self.seeks: list[tuple[str, int, int]] = []
-
-    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
-        self.calls.append("consume")
-        assert not self.paused, "consumed while paused"
-        return self.batches.pop(0) if self.batches else []
-
-    def poll(self, timeout: float) -> None:
-        self.calls.append("poll")
-        assert self.paused, "polled for records while not paused"
-        time.sleep(min(timeout, 0.002))
-        if self.on_poll is not None:
-            self.on_poll()
-
-    def assignment(self) -> list[FakeTP]:
-        return list(self.assigned)
-
-    def pause(self, partitions: list[Any]) -> None:
-        if not self.paused:
-            self.calls.append("pause")
-        self.paused = True
-
-    def resume(self, partitions: list[Any]) -> None:
-        self.calls.append("resume")
-        self.paused = False
-
-    def commit(self, offsets: list[Any], asynchronous: bool) -> list[Any]:
-        assert asynchronous is False
-        self.calls.append("commit")
-        if self.failing_commits:
-            self.failing_commits -= 1
-            refused = [FakeTP(tp.topic, tp.partition, tp.offset) for tp in offsets]
-            for tp in refused:
-                tp.error = FakeError("REBALANCE_IN_PROGRESS")  # type: ignore[assignment]
-            return refused
-        self.committed.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
-        return offsets
-
-    def seek(self, tp: Any) -> None:
-        self.calls.append("seek")
-        self.seeks.append((tp.topic, tp.partition, tp.offset))
-
-    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
-        self.calls.append("subscribe")
-
-    def close(self) -> None:
-        self.calls.append("close")
-
-
-class FakeError:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def str(self) -> str:
-        return self.text
-
-
-class FakeProducer:
-    """Acknowledges on poll; the first ``fail`` deliveries fail."""
-
-    def __init__(self, consumer: FakeConsumer, fail: int = 0) -> None:
-        self.consumer = consumer
-        self.fail = fail
-        self.sent: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
-        self._waiting: list[Callable[[Any, Any], None]] = []
-
-    def produce(
-        self, topic: str, *, value: bytes, key: bytes | None, headers: Any, **kw: Any
-    ) -> None:
-        self.consumer.calls.append(f"produce {topic}")
-        self._waiting.append(kw["on_delivery"])
-        self.sent.append((topic, key, value, dict(headers)))
-
-    def poll(self, timeout: float) -> int:
-        while self._waiting:
-            callback = self._waiting.pop(0)
-            if self.fail:
-                self.fail -= 1
-                self.sent.pop()
-                callback(FakeError("broker down"), None)
-            else:
-                callback(None, None)
-        return 0
-
-    def flush(self, timeout: float) -> int:
-        return self.poll(timeout)
+def message(offset: int, value: bytes | None, partition: int = 0) -> FakeMessage:
+    """A training.triggers record keyed by the base model."""
+    return FakeMessage(TOPIC, partition, offset, value, key=BASE.encode())
 
 
 class FakeJob:
@@ -315,8 +188,8 @@ def settings_for(tmp_path: Path) -> Settings:
 def fake_trainer(
     tmp_path: Path, batches: list[list[FakeMessage]], job: FakeJob, *, fail: int = 0
 ) -> tuple[TrainerConsumer, FakeConsumer, FakeProducer, CollectorRegistry]:
-    consumer = FakeConsumer(batches)
-    producer = FakeProducer(consumer, fail)
+    consumer = FakeConsumer(batches, assigned=[FakeTP(TOPIC, 0)])
+    producer = FakeProducer(consumer.calls, fail)
     metrics = CollectorRegistry()
     trainer = TrainerConsumer(
         settings_for(tmp_path),
@@ -325,14 +198,14 @@ def fake_trainer(
         poll_timeout=0.01,
         backoff_initial=0.01,
         backoff_max=0.02,
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=producer,  # type: ignore[arg-type]
     )
-    trainer._consumer = consumer  # type: ignore[assignment]
-    trainer._producer = producer  # type: ignore[assignment]
     return trainer, consumer, producer, metrics
 
 
 def msg(t: TrainingTrigger, offset: int) -> FakeMessage:
-    return FakeMessage(offset, t.model_dump_json().encode())
+    return message(offset, t.model_dump_json().encode())
 
 
 def test_defaults_are_the_registered_topics_and_group(tmp_path: Path) -> None:
@@ -408,7 +281,7 @@ def test_an_unfinished_job_record_runs_the_job(tmp_path: Path) -> None:
 def test_invalid_values_are_dead_lettered_then_committed(tmp_path: Path) -> None:
     job = FakeJob()
     trainer, consumer, producer, metrics = fake_trainer(
-        tmp_path, [[FakeMessage(0, b"{oops"), FakeMessage(1, None)]], job
+        tmp_path, [[message(0, b"{oops"), message(1, None)]], job
     )
     assert trainer.run_once() == 2
     assert job.calls == []
@@ -545,13 +418,16 @@ def test_a_runner_that_raises_becomes_a_failed_result(tmp_path: Path) -> None:
     def boom(settings: Settings, trigger: TrainingTrigger, **kw: Any) -> TrainingResult:
         raise RuntimeError("out of memory")
 
-    consumer = FakeConsumer([[msg(trigger(), 0)]])
-    producer = FakeProducer(consumer)
+    consumer = FakeConsumer([[msg(trigger(), 0)]], assigned=[FakeTP(TOPIC, 0)])
+    producer = FakeProducer(consumer.calls)
     trainer = TrainerConsumer(
-        settings_for(tmp_path), registry=CollectorRegistry(), job_runner=boom, poll_timeout=0.01
+        settings_for(tmp_path),
+        registry=CollectorRegistry(),
+        job_runner=boom,
+        poll_timeout=0.01,
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=producer,  # type: ignore[arg-type]
     )
-    trainer._consumer = consumer  # type: ignore[assignment]
-    trainer._producer = producer  # type: ignore[assignment]
     assert trainer.run_once() == 1
     published = json.loads(producer.sent[0][2])
     assert published["status"] == "failed"
