@@ -159,3 +159,28 @@ def test_every_source_option_offers_exactly_the_sources() -> None:
     for command in commands:
         (option,) = [p for p in command.params if p.name in ("source", "sources")]
         assert option.type is SOURCES, command.name
+
+
+def test_sigterm_while_a_worker_starts_is_a_clean_exit(tmp_path: Path) -> None:
+    """SIGTERM during the worker's seconds of imports ends it with 143, not killed by the signal."""
+    import os
+    import signal
+    import time
+
+    env = {
+        **os.environ,
+        "LEARNSTREAM_DATA_DIR": str(tmp_path),
+        "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing listens there
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "learnstream", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # the CLI is loaded; Faust, torch and the model are still importing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 143), (proc.returncode, err[-2000:])
+    assert "Traceback" not in err
