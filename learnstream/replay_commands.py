@@ -209,7 +209,11 @@ def replay(
         raise click.ClickException(
             f"committed offsets of {group} are not what was asked: " + ", ".join(wrong)
         )
-    click.echo(f"group {group}: committed new offsets for {len(wanted)} partitions")
+    moved, left = sum(1 for p in plans if p.new is not None), sum(1 for p in plans if p.left)
+    click.echo(
+        f"group {group}: committed new offsets for {moved} partitions"
+        + (f" ({left} empty ones left as they are)" if left else "")
+    )
 
 
 # --- backfill -------------------------------------------------------------------------------

@@ -5,6 +5,12 @@ partition from its watermarks, committed offset and (for a time target) the firs
 or after the time; the dry-run table; whether to refuse (active members); which offsets to
 commit, whether the dev broker's commit-by-joining fallback applies, and whether the broker
 ended up with what was asked. `learnstream.replay` does the broker I/O around it.
+
+Partitions a shift cannot move: an *empty* partition (no records) without a committed offset
+is left as it is, and the table says so (the group has nothing there to re-read or skip); a
+partition with records but without a committed offset is an error naming it (where the group
+would start depends on its consumers' ``auto.offset.reset``), so the plan is refused unless
+``--partition`` leaves it out.
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ class PartitionPlan:
     state: PartitionState
     new: int | None
     note: str = ""
+    left: bool = False  # deliberately left as it is (not an error): see `leaves_alone`
 
     @property
     def lag_now(self) -> int | None:
@@ -168,8 +175,21 @@ def new_offset(
             return state.high, "no record at or after the time: the end"
         return _clamp(state, time_offset)
     if state.committed is None:
-        return None, "no committed offset to shift"
+        if leaves_alone(state, target):
+            return None, LEFT_NOTE
+        return None, (
+            f"no committed offset to shift ({state.high - state.low} records; leave the "
+            "partition out with --partition, or use --to-start/--to-offset/--to-time)"
+        )
     return _clamp(state, state.committed + target.value)
+
+
+LEFT_NOTE = "empty, nothing committed: left as it is"
+
+
+def leaves_alone(state: PartitionState, target: Target) -> bool:
+    """Whether the plan leaves the partition as it is: a shift of an empty, uncommitted one."""
+    return target.kind == "shift" and state.committed is None and state.high <= state.low
 
 
 def plan_resets(
@@ -182,13 +202,17 @@ def plan_resets(
     for state in sorted(states, key=lambda s: s.key):
         tof = (time_offsets or {}).get(state.key)
         offset, note = new_offset(state, target, tof)
-        plans.append(PartitionPlan(state, offset, note))
+        plans.append(PartitionPlan(state, offset, note, left=leaves_alone(state, target)))
     return plans
 
 
 def plan_errors(plans: Sequence[PartitionPlan]) -> list[str]:
     """One line per partition whose new offset could not be computed."""
-    return [f"{p.state.topic}[{p.state.partition}]: {p.note}" for p in plans if p.new is None]
+    return [
+        f"{p.state.topic}[{p.state.partition}]: {p.note}"
+        for p in plans
+        if p.new is None and not p.left
+    ]
 
 
 def first_at_or_after(records: Iterable[tuple[int, int]], ts_ms: int) -> int | None:
@@ -245,10 +269,13 @@ def format_table(group: str, target: Target, plans: Sequence[PartitionPlan]) -> 
         if p.state.committed is not None and p.new is not None
     )
     changing = sum(1 for p in plans if p.changes)
+    left = sum(1 for p in plans if p.left)
     out.append(
-        f"total: {len(plans)} partitions, {changing} change; lag now {lag_now}, "
-        f"after {lag_after}; {reprocess} records to re-process, {skipped} skipped"
-        + (f"; {without} without a committed offset" if without else "")
+        f"total: {len(plans)} partitions, {changing} change"
+        + (f", {left} left as they are (empty, nothing committed)" if left else "")
+        + f"; lag now {lag_now}, after {lag_after}; {reprocess} records to re-process, "
+        f"{skipped} skipped"
+        + (f"; {without - left} without a committed offset" if without - left else "")
     )
     return "\n".join(out)
 

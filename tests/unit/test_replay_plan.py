@@ -11,9 +11,11 @@ from learnstream.replay_plan import (
     Member,
     PartitionState,
     Target,
+    format_table,
     may_commit_by_joining,
     offset_mismatches,
     offsets_to_commit,
+    plan_errors,
     plan_resets,
 )
 
@@ -64,3 +66,26 @@ def test_the_plan_module_needs_no_kafka_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_shift_leaves_empty_uncommitted_partitions_alone_and_says_so() -> None:
+    empty = PartitionState("t", 2, low=0, high=0, committed=None)
+    expired = PartitionState("t", 3, low=40, high=40, committed=None)  # records aged out
+    plans = plan_resets([A, empty, expired], Target("shift", -1))
+    assert [(p.new, p.left) for p in plans] == [(59, False), (None, True), (None, True)]
+    assert plan_errors(plans) == []
+    assert offsets_to_commit(plans) == {("t", 0): 59}
+    text = format_table("g", Target("shift", -1), plans)
+    assert text.count("empty, nothing committed: left as it is") == 2
+    assert "3 partitions, 1 change, 2 left as they are (empty, nothing committed)" in text
+    assert "without a committed offset" not in text  # the two are told apart, not both
+    # A partition with records and no committed offset is still an error, with a way out.
+    mixed = plan_resets([A, empty, B], Target("shift", -1))
+    assert [p.left for p in mixed] == [False, False, True]  # t[0], t[1], t[2]
+    (error,) = plan_errors(mixed)
+    assert error.startswith("t[1]: no committed offset to shift (50 records;")
+    assert "--partition" in error
+    assert "1 without a committed offset" in format_table("g", Target("shift", -1), mixed)
+    # Other targets move empty partitions as before.
+    assert [p.left for p in plan_resets([empty], Target("start"))] == [False]
+    assert offsets_to_commit(plan_resets([empty], Target("end"))) == {("t", 2): 0}
