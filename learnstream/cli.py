@@ -777,6 +777,7 @@ EXTRA_OF = {
     ),
     "train": ("torch", "transformers", "peft", "trl", "datasets", "accelerate"),
     "embedded": ("pgserver",),
+    "gateway": ("uvicorn", "starlette", "h11", "yaml"),
 }  # fmt: skip
 
 
