@@ -473,7 +473,7 @@ def produce_tail(
 @click.option("--port", default=None, type=int, help="Default: LEARNSTREAM_GATEWAY__PORT (8088).")
 @pass_ctx
 def gateway(obj: Context, host: str | None, port: int | None) -> None:
-    """HTTP ingest gateway: POST /v1/events/{source} (JSON, NDJSON); /healthz, /metrics, /openapi.json.
+    """HTTP ingest gateway: POST /v1/events/{source}; /healthz, /metrics, /openapi.json.
 
     Bearer-token auth when LEARNSTREAM_GATEWAY__TOKEN is set; bodies over
     LEARNSTREAM_GATEWAY__MAX_BODY_BYTES get 413. Events go through the producer SDK, so they
