@@ -475,6 +475,7 @@ def produce_tail(
 def gateway(obj: Context, host: str | None, port: int | None) -> None:
     """HTTP ingest gateway: POST /v1/events/{source}; /healthz, /metrics, /openapi.json.
 
+    Bodies are one JSON event or NDJSON. Needs the gateway extra (uvicorn, starlette).
     Bearer-token auth when LEARNSTREAM_GATEWAY__TOKEN is set; bodies over
     LEARNSTREAM_GATEWAY__MAX_BODY_BYTES get 413. Events go through the producer SDK, so they
     spool to disk while the broker is down.
