@@ -514,7 +514,7 @@ class GatewayServer:
             access_log=False,  # learnstream.gateway.access writes the access lines
             proxy_headers=False,
             server_header=False,
-            timeout_keep_alive=max(1, round(gateway.idle_timeout_s)),
+            timeout_keep_alive=max(1, round(gateway.idle_timeout_s)),  # whole seconds
             timeout_graceful_shutdown=30,
             backlog=1024,
         )
