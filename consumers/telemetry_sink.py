@@ -34,23 +34,23 @@ hand: the sink tries once more to write and commit it; if that fails too, it for
 partitions' records (their offsets were not committed, so the new owner reads them again; the
 upsert makes that harmless). Lost partitions are forgotten without committing. A failed commit
 after a successful write is logged and not fatal, for the same reason.
+
+This module is the process loop; the rows and the SQL (record validation, row mapping, the
+upsert statement and how it runs) live in `consumers.sink_rows`, and are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Unpack
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from pydantic import ValidationError
 
 from consumers.base import (
     DLQ_KEEP_BYTES,  # noqa: F401 (also the sink's public name)
@@ -63,9 +63,27 @@ from consumers.base import (
     drop_partitions,
     partition_set,
 )
-from schemas.dlq import DeadLetter
+from consumers.sink_rows import (  # noqa: F401 (the rows and SQL, also public here)
+    COLUMN_NAMES,
+    COLUMNS,
+    STAGE,
+    UPSERT_SQL,
+    Item,
+    SinkRow,
+    batch_document,
+    commit_positions,
+    dead_letter,
+    dedupe_rows,
+    is_data_error,
+    parse_record,
+    reject_items,
+    row_from_scored,
+    row_json,
+    rows_to_write,
+    upsert_batch,
+    upsert_rows_one_by_one,
+)
 from schemas.headers import dead_letter_headers
-from schemas.interaction import ScoredInteraction
 from schemas.topics import INTERACTIONS_SCORED
 
 if TYPE_CHECKING:
@@ -76,173 +94,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("learnstream.sink")
 
-STAGE = "sink"
 DEFAULT_GROUP = "learnstream-sink"
 DEFAULT_BATCH_SIZE = 500
-
-# (column, PostgreSQL type) of every column the sink writes, in table order. The table itself
-# is created by consumers/migrations/; ingested_at and updated_at are filled by the database.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("event_id", "text"),
-    ("source", "text"),
-    ("event_type", "text"),
-    ("event_time", "timestamptz"),
-    ("record_key", "text"),
-    ("scorable", "boolean"),
-    ("outcome", "text"),
-    ("payload", "jsonb"),
-    ("interaction", "jsonb"),
-    ("score", "double precision"),
-    ("factors", "jsonb"),
-    ("weights", "jsonb"),
-    ("inputs", "jsonb"),
-    ("threshold", "double precision"),
-    ("high_value", "boolean"),
-    ("scorer_version", "text"),
-    ("scored_at", "timestamptz"),
-    ("schema_version", "integer"),
-    ("kafka_topic", "text"),
-    ("kafka_partition", "integer"),
-    ("kafka_offset", "bigint"),
-)
-COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
-
-_names = ", ".join(COLUMN_NAMES)
-UPSERT_SQL = (
-    f"INSERT INTO telemetry_events AS t ({_names})\n"
-    f"SELECT {_names}\n"
-    "FROM jsonb_to_recordset(%s::jsonb) AS r("
-    + ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
-    + ")\n"
-    "ON CONFLICT (event_id) DO UPDATE SET "
-    + ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMN_NAMES if name != "event_id")
-    + ", updated_at = now()\n"
-    "WHERE t.scored_at <= EXCLUDED.scored_at"
-)
-
-SinkRow = dict[str, Any]
-
-
-# --- pure functions: records to rows ----------------------------------------------------------
-
-
-def row_from_scored(
-    scored: ScoredInteraction, *, topic: str, partition: int, offset: int
-) -> SinkRow:
-    """The ``telemetry_events`` row for one scored interaction read at (topic, partition, offset).
-
-    JSON columns hold plain JSON values (dicts, lists); the factor and weight objects leave out
-    their ``schema_version``. Lifecycle events (no score) get NULL score, factors and weights.
-    """
-    data = scored.model_dump(mode="json")
-    interaction = data["interaction"]
-    payload = interaction.pop("payload")
-    for part in ("factors", "weights"):
-        if data[part] is not None:
-            data[part].pop("schema_version", None)
-    return {
-        "event_id": interaction["event_id"],
-        "source": interaction["source"],
-        "event_type": interaction["event_type"],
-        "event_time": scored.interaction.timestamp,
-        "record_key": interaction["key"],
-        "scorable": interaction["scorable"],
-        "outcome": interaction["outcome"],
-        "payload": payload,
-        "interaction": interaction,
-        "score": scored.score,
-        "factors": data["factors"],
-        "weights": data["weights"],
-        "inputs": data["inputs"],
-        "threshold": scored.threshold,
-        "high_value": scored.high_value,
-        "scorer_version": scored.scorer_version,
-        "scored_at": scored.scored_at,
-        "schema_version": scored.schema_version,
-        "kafka_topic": topic,
-        "kafka_partition": partition,
-        "kafka_offset": offset,
-    }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def row_json(row: SinkRow) -> str:
-    """One row as a JSON object (timestamps ISO 8601); ValueError for NaN or infinity."""
-    return json.dumps(
-        row, default=_json_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")
-    )
-
-
-def dedupe_rows(rows: Iterable[SinkRow]) -> list[SinkRow]:
-    """One row per event id: the latest scoring, and of equal ones the last read; input order."""
-    best: dict[str, SinkRow] = {}
-    for row in rows:
-        old = best.get(row["event_id"])
-        if old is None or (row["scored_at"], row["kafka_offset"]) >= (
-            old["scored_at"],
-            old["kafka_offset"],
-        ):
-            best[row["event_id"]] = row
-    return list(best.values())
-
-
-@dataclass
-class Item:
-    """One consumed record of a batch: its row to write, or its dead letter."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None = None
-    row: SinkRow | None = None
-    row_json: str | None = None
-    letter: DeadLetter | None = None
-
-
-def parse_record(
-    value: bytes | None, key: bytes | None, *, topic: str, partition: int, offset: int
-) -> Item:
-    """Validate one ``interactions.scored`` record: an `Item` with a row or a dead letter."""
-    item = Item(topic, partition, offset, key, value)
-    where = {"topic": topic, "partition": partition, "offset": offset}
-    if value is None:
-        item.letter = dead_letter(None, key=key, error="empty record value", **where)
-        return item
-    try:
-        scored = ScoredInteraction.model_validate_json(value)
-        row = row_from_scored(scored, topic=topic, partition=partition, offset=offset)
-        item.row_json = row_json(row)
-        item.row = row
-    except (ValidationError, ValueError) as exc:
-        item.letter = dead_letter(
-            value, key=key, error=f"not a valid ScoredInteraction: {exc}", **where
-        )
-    return item
-
-
-def dead_letter(value: bytes | None, *, key: bytes | None, error: str, **fields: Any) -> DeadLetter:
-    """A stage-``sink`` dead letter keeping the whole value, or its first `DLQ_KEEP_BYTES`."""
-    return DeadLetter.from_bytes(value or b"", key=key, error=error, stage=STAGE, **fields)
-
-
-def commit_positions(items: Iterable[Item]) -> dict[tuple[str, int], int]:
-    """The offsets to commit after ``items``: per (topic, partition), the last offset + 1."""
-    positions: dict[tuple[str, int], int] = {}
-    for item in items:
-        tp = (item.topic, item.partition)
-        positions[tp] = max(positions.get(tp, -1), item.offset + 1)
-    return positions
-
-
-def batch_document(rows: Sequence[SinkRow | str]) -> str:
-    """The JSON array parameter of `UPSERT_SQL` (rows given as dicts or as `row_json` text)."""
-    return "[" + ",".join(r if isinstance(r, str) else row_json(r) for r in rows) + "]"
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -334,12 +187,6 @@ class Batch:
     def drop_partitions(self, partitions: set[Partition]) -> int:
         """Forget the records of ``partitions``; how many were dropped."""
         return drop_partitions(self.items, partitions)
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    import psycopg
-
-    return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError)
 
 
 class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
@@ -441,26 +288,9 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
             self._inflight = None
             return
         if not batch.written:
-            valid = [i for i in batch.items if i.row is not None and i.row_json is not None]
-            text = {id(i.row): i.row_json for i in valid}
-            rows = dedupe_rows(i.row for i in valid if i.row is not None)
+            rows = rows_to_write(batch.items)
             if rows:
-                rejected = self._write([(row, text[id(row)] or "") for row in rows])
-                by_id = {row["event_id"]: exc for row, exc in rejected}
-                for item in batch.items:
-                    if item.row is not None and item.row["event_id"] in by_id:
-                        item.letter = dead_letter(
-                            item.value,
-                            key=item.key,
-                            topic=item.topic,
-                            partition=item.partition,
-                            offset=item.offset,
-                            source=item.row["source"],
-                            event_type=item.row["event_type"],
-                            event_id=item.row["event_id"],
-                            error=f"refused by PostgreSQL: {by_id[item.row['event_id']]}",
-                            error_kind="rejected",
-                        )
+                reject_items(batch.items, self._write(rows))
             batch.written = True
         if not batch.letters_sent:
             self._send_letters([i for i in batch.items if i.letter is not None])
@@ -512,37 +342,17 @@ class TelemetrySink(KafkaConsumerProcess[SinkMetrics]):
 
         conn = self._connection()
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(UPSERT_SQL, (batch_document([text for _, text in rows]),))
-                written = max(cur.rowcount, 0)
+            written = upsert_batch(conn, [text for _, text in rows])
             self.metrics.rows_written.inc(written)
             self.metrics.db_up.set(1)
             return []
         except psycopg.Error as exc:
-            if not _is_data_error(exc):
+            if not is_data_error(exc):
                 self._drop_connection()
                 raise RetryableError(f"PostgreSQL write failed: {exc}") from exc
             log.warning("PostgreSQL refused the batch (%s); writing its rows one by one", exc)
-        return self._write_one_by_one(conn, rows)
-
-    def _write_one_by_one(
-        self, conn: psycopg.Connection[Any], rows: list[tuple[SinkRow, str]]
-    ) -> list[tuple[SinkRow, Exception]]:
-        import psycopg
-
-        rejected: list[tuple[SinkRow, Exception]] = []
-        written = 0
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                for row, text in rows:
-                    try:
-                        with conn.transaction():  # a savepoint per row
-                            cur.execute(UPSERT_SQL, (batch_document([text]),))
-                            written += max(cur.rowcount, 0)
-                    except psycopg.Error as exc:
-                        if not _is_data_error(exc):
-                            raise
-                        rejected.append((row, exc))
+            written, rejected = upsert_rows_one_by_one(conn, rows)
         except psycopg.Error as exc:
             self._drop_connection()
             raise RetryableError(f"PostgreSQL write failed: {exc}") from exc

@@ -487,8 +487,9 @@ def produce_tail(
 )
 @pass_ctx
 def gateway(obj: Context, host: str | None, port: int | None) -> None:
-    """HTTP ingest gateway: POST /v1/events/{source} with JSON or NDJSON; /healthz, /metrics.
+    """HTTP ingest gateway: POST /v1/events/{source}; /healthz, /metrics, /openapi.json.
 
+    Bodies are one JSON event or NDJSON. Needs the gateway extra (uvicorn, starlette).
     Bearer-token auth when LEARNSTREAM_GATEWAY__TOKEN is set; bodies over
     LEARNSTREAM_GATEWAY__MAX_BODY_BYTES get 413. Events go through the producer SDK, so they
     spool to disk while the broker is down.
@@ -845,6 +846,7 @@ EXTRA_OF = {
     ),
     "train": ("torch", "transformers", "peft", "trl", "datasets", "accelerate"),
     "embedded": ("pgserver",),
+    "gateway": ("uvicorn", "starlette", "h11", "yaml"),
 }  # fmt: skip
 
 

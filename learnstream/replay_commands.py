@@ -6,8 +6,8 @@ from the root command's context object (anything with a ``settings`` attribute, 
 can also be set from the environment (``LEARNSTREAM_REPLAY_*``, ``LEARNSTREAM_BACKFILL_*``).
 
 Equivalent rpk commands on Redpanda: ``rpk group describe G`` (members, offsets, lag) and
-``rpk group seek G --to start|end|<unix-ms> --topics T``. See ``learnstream.replay`` for how
-offsets are computed and the dev-broker fallbacks.
+``rpk group seek G --to start|end|<unix-ms> --topics T``. See ``learnstream.replay_plan`` for how
+offsets are computed and ``learnstream.replay`` for the dev-broker fallbacks.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def replay(
         describe_group,
         format_table,
         lookup_times,
+        offset_mismatches,
         plan_errors,
         plan_resets,
         read_states,
@@ -208,13 +209,16 @@ def replay(
         raise click.ClickException(f"the broker refused to change offsets of {group}: {lines}")
     wanted = {p.state.key: p.new for p in plans}
     now = committed_offsets(conf, group, wanted, timeout)
-    wrong = {k: v for k, v in now.items() if v != wanted[k]}
+    wrong = offset_mismatches(wanted, now)
     if wrong:
         raise click.ClickException(
-            f"committed offsets of {group} are not what was asked: "
-            + ", ".join(f"{t}[{p}] is {v}, not {wanted[(t, p)]}" for (t, p), v in wrong.items())
+            f"committed offsets of {group} are not what was asked: " + ", ".join(wrong)
         )
-    click.echo(f"group {group}: committed new offsets for {len(wanted)} partitions")
+    moved, left = sum(1 for p in plans if p.new is not None), sum(1 for p in plans if p.left)
+    click.echo(
+        f"group {group}: committed new offsets for {moved} partitions"
+        + (f" ({left} empty ones left as they are)" if left else "")
+    )
 
 
 # --- backfill -------------------------------------------------------------------------------

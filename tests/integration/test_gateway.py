@@ -715,3 +715,33 @@ def test_slow_and_unauthenticated_clients_cannot_lock_out_authenticated_ones(
     assert unauth.status == 401
     assert cut and sorted(cut)[len(cut) // 2] < 2.0 + 1.0, sorted(cut)[-5:]
     assert gw.sample("learnstream_gateway_connections_evicted_total") > 0
+
+
+def test_openapi_document_lists_the_endpoints(make: GatewayFactory) -> None:
+    gw = make(gateway={"token": TOKEN})
+    resp = gw.request("GET", "/openapi.json")  # open, like /healthz
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("application/json")
+    doc = resp.json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {"/v1/events/{source}", "/healthz", "/metrics", "/openapi.json"}
+    post = doc["paths"]["/v1/events/{source}"]["post"]
+    assert set(doc["paths"]["/v1/events/{source}"]) == {"post"}
+    assert {"202", "422", "401", "413"} <= set(post["responses"])
+    source = next(p for p in post["parameters"] if p["name"] == "source")
+    assert sorted(source["schema"]["enum"]) == sorted(s.value for s in Source)
+    assert post["security"] == [{"bearer": []}]
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert gw.request("POST", "/openapi.json", "{}").status == 405
+
+
+def test_idle_connections_are_closed_after_the_idle_timeout(make: GatewayFactory) -> None:
+    gw = make(gateway={"idle_timeout_s": 1.0})
+    with socket.create_connection((gw.server.host, gw.server.port), timeout=10) as sock:
+        assert sock.recv(1) == b""  # closed by the gateway, never a byte sent
+    conn = gw.connect()
+    assert gw.request("GET", "/healthz", conn=conn).status == 200
+    assert conn.sock is not None
+    conn.sock.settimeout(10)
+    assert conn.sock.recv(1) == b""  # a kept-alive connection too, once idle
+    conn.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from learnstream.cli import cli
 from learnstream.replay_commands import backfill, replay
@@ -298,3 +298,57 @@ def test_backfill_twice_yields_the_same_event_ids(
     assert len(got) == 12
     assert {r.json()["event_id"] for r in got} == expected
     assert all(r.headers["event_id"].decode() == r.json()["event_id"] for r in got)
+
+
+def test_readme_shift_by_minus_one_leaves_empty_partitions_alone(
+    run: Invoke, kafka_env: str, kafka_broker: BrokerUnderTest, unique: str
+) -> None:
+    """README: ``replay --group learnstream-trainer --topic training.triggers --shift-by -1``.
+
+    Like training.triggers (keyed by base model), only some partitions hold records and carry
+    a committed offset: those are shifted, the empty ones are left as they are and said so.
+    """
+    topic, group = f"replay-e-{unique}", f"trainer-{unique}"
+    admin = AdminClient({"bootstrap.servers": kafka_env})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(20)
+    producer = Producer({"bootstrap.servers": kafka_env})
+    for i in range(5):
+        producer.produce(topic, value=f"trigger {i}".encode(), partition=i % 2)
+    assert producer.flush(10) == 0
+    reader = Consumer(
+        {"bootstrap.servers": kafka_env, "group.id": group, "enable.auto.commit": False}
+    )
+    reader.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    deadline, read = time.monotonic() + 20, 0
+    while read < 5:
+        assert time.monotonic() < deadline
+        msg = reader.poll(0.2)
+        read += msg is not None and msg.error() is None
+    reader.commit(asynchronous=False)
+    reader.close()
+    assert committed(kafka_env, group, topic) == {0: 3, 1: 2, 2: -1001, 3: -1001}
+
+    args = ["replay", "--group", group, "--topic", topic, "--shift-by", "-1"]
+    force = [] if kafka_broker.real else ["--force"]  # the dev broker cannot describe groups
+    dry = run(*args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    rows = table(dry.stdout, topic)
+    assert {p: r["NEW"] for p, r in rows.items()} == {0: "2", 1: "1", 2: "-", 3: "-"}
+    for p in (2, 3):
+        line = next(x for x in dry.stdout.splitlines() if x.split()[:2] == [topic, str(p)])
+        assert "empty, nothing committed: left as it is" in line
+    assert "2 change" in dry.stdout and "2 left as they are" in dry.stdout
+
+    done = run(*args, *force)
+    assert done.exit_code == 0, done.output
+    assert "committed new offsets for 2 partitions (2 empty ones left as they are)" in done.stdout
+    assert committed(kafka_env, group, topic) == {0: 2, 1: 1, 2: -1001, 3: -1001}
+
+    # A partition with records but nothing committed is still named, and nothing changes.
+    producer.produce(topic, value=b"late trigger", partition=3)
+    assert producer.flush(10) == 0
+    refused = run(*args, *force)
+    assert refused.exit_code == 1
+    assert f"{topic}[3]: no committed offset to shift" in refused.output
+    assert "--partition" in refused.output
+    assert committed(kafka_env, group, topic) == {0: 2, 1: 1, 2: -1001, 3: -1001}

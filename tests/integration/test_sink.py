@@ -23,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from consumers.migrate import Migration, MigrationError, applied_versions, load_migrations, migrate
+from consumers.sink_rows import row_from_scored, row_json, upsert_batch, upsert_rows_one_by_one
 from consumers.telemetry_sink import TelemetrySink
 from learnstream.postgres import connect, postgres_url
 from learnstream.settings import Settings
@@ -534,6 +535,37 @@ def test_failed_migration_is_rolled_back_and_not_recorded(database: str) -> None
         assert set(applied_versions(conn)) == {1}
         assert conn.execute("SELECT to_regclass('two')").fetchone() == (None,)
         assert migrate(conn, [good]) == []
+
+
+# --- the upserts on their own (consumers.sink_rows, no broker) -------------------------------
+
+
+def test_upserts_write_keep_the_latest_and_report_refused_rows(database: str) -> None:
+    def row(item: ScoredInteraction, offset: int) -> tuple[dict[str, Any], str]:
+        r = row_from_scored(item, topic="interactions.scored", partition=0, offset=offset)
+        return r, row_json(r)
+
+    first, second = scored(f"u1-{database[-8:]}", 1), scored(f"u2-{database[-8:]}", 2)
+    earlier = first.model_copy(update={"score": 0.1, "scored_at": T0})
+    with connect(database) as conn:
+        migrate(conn)
+        assert upsert_batch(conn, [row(first, 0)[1], row(second, 1)[1]]) == 2
+        assert upsert_batch(conn, [row(earlier, 2)[1]]) == 0  # never regresses a row
+        stored = dict(conn.execute("SELECT event_id, score FROM telemetry_events").fetchall())
+        assert stored == {first.event_id: 0.71, second.event_id: 0.71}
+
+        nul = scored(f"u3-{database[-8:]}", 3)
+        nul.interaction.payload["note"] = "a NUL \u0000 here"
+        fine = scored(f"u4-{database[-8:]}", 4)
+        with pytest.raises(psycopg.errors.DataError):
+            upsert_batch(conn, [row(nul, 3)[1], row(fine, 4)[1]])
+        written, rejected = upsert_rows_one_by_one(conn, [row(nul, 3), row(fine, 4)])
+        assert written == 1
+        assert [(r["event_id"], type(e).__name__) for r, e in rejected] == [
+            (nul.event_id, "UntranslatableCharacter")
+        ]
+        ids = {r[0] for r in conn.execute("SELECT event_id FROM telemetry_events")}
+        assert ids == {first.event_id, second.event_id, fine.event_id}
 
 
 # --- embedded server and the CLI -------------------------------------------------------------

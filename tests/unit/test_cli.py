@@ -184,3 +184,30 @@ def test_sigterm_while_a_worker_starts_is_a_clean_exit(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 143), (proc.returncode, err[-2000:])
     assert "Traceback" not in err
+
+
+def test_the_gateway_names_its_extra_when_uvicorn_is_missing(tmp_path: Path) -> None:
+    """`learnstream gateway` without the gateway extra (uvicorn hidden) names the extra."""
+    import os
+
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "uvicorn.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'uvicorn'\", name='uvicorn')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
+    env["LEARNSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    env["LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    out = subprocess.run(
+        [sys.executable, "-m", "learnstream", "gateway", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "'uvicorn'" in lines[0] and 'pip install "learnstream[gateway]"' in lines[0]

@@ -77,7 +77,10 @@ def test_new_offset(target: Target, time_offset: int | None, expected: tuple[int
 def test_shift_needs_a_committed_offset() -> None:
     plans = plan_resets([STATE, FRESH], Target("shift", -5))
     assert [p.new for p in plans] == [55, None]
-    assert plan_errors(plans) == ["t[1]: no committed offset to shift"]
+    assert plan_errors(plans) == [
+        "t[1]: no committed offset to shift (50 records; leave the partition out with "
+        "--partition, or use --to-start/--to-offset/--to-time)"
+    ]
     # Every other target works without a committed offset.
     assert plan_errors(plan_resets([FRESH], Target("start"))) == []
 
