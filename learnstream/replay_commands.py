@@ -136,13 +136,10 @@ def replay(
     """
     from learnstream.replay import (
         ReplayError,
-        apply_plan,
         choose_target,
-        committed_offsets,
         describe_group,
         format_table,
         lookup_times,
-        offset_mismatches,
         plan_errors,
         plan_resets,
         read_states,
@@ -196,10 +193,25 @@ def replay(
         return
     if reason:
         raise click.ClickException(reason)
+    _apply_and_check(
+        conf, group, plans, info, timeout=timeout, commit_by_joining=profile.commit_by_joining
+    )
+
+
+def _apply_and_check(
+    conf: dict[str, Any],
+    group: str,
+    plans: list[Any],
+    info: Any,
+    *,
+    timeout: float,
+    commit_by_joining: bool,
+) -> None:
+    """Commit the plan's new offsets, read them back, and say what changed."""
+    from learnstream.replay import ReplayError, apply_plan, committed_offsets, offset_mismatches
+
     try:
-        outcome = apply_plan(
-            conf, group, plans, info, timeout, commit_by_joining=profile.commit_by_joining
-        )
+        outcome = apply_plan(conf, group, plans, info, timeout, commit_by_joining=commit_by_joining)
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
     if outcome.note:
