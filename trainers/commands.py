@@ -10,6 +10,7 @@ unless ``--no-notify``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -88,11 +89,53 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, int | float) else "-"
 
 
+def registered_base_models(root: Path) -> list[str]:
+    """The base models with a folder under the registry ``root``, by name.
+
+    A folder's base model is its manifest's, else that of any version's training config.
+    """
+    found: set[str] = set()
+    if not root.is_dir():
+        return []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        candidates = [folder / "manifest.json", *sorted(folder.glob("v*/training_config.json"))]
+        for path in candidates:
+            try:
+                name = json.loads(path.read_text(encoding="utf-8")).get("base_model")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(name, str) and name:
+                found.add(name)
+                break
+    return sorted(found)
+
+
 @adapters.command("list")
-@base_model_option
+@click.option(
+    "--base-model",
+    default=None,
+    help="Only this base model's adapters (default: every base model in the registry).",
+)
 def list_adapters(base_model: str | None) -> None:
-    """List the versions of a base model's adapters (* marks the active one)."""
-    _, registry = _registry(base_model)
+    """List every base model's adapter versions (* marks the active one)."""
+    from trainers.registry import AdapterRegistry
+
+    settings = command_settings()
+    if base_model is not None:
+        _print_versions(AdapterRegistry.for_settings(settings, base_model))
+        return
+    root = Path(settings.training.registry_dir or settings.registry_dir).expanduser()
+    models = registered_base_models(root)
+    if not models:
+        click.echo(f"no adapters registered in {root}")
+        return
+    for number, name in enumerate(models):
+        if number:
+            click.echo("")
+        _print_versions(AdapterRegistry(root, name))
+
+
+def _print_versions(registry: AdapterRegistry) -> None:
     versions = registry.list_versions()
     click.echo(f"base model {registry.base_model} ({registry.dir})")
     if not versions:
