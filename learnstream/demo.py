@@ -624,8 +624,11 @@ def _base_model(settings: Settings, run_dir: Path, examples: Path) -> tuple[str,
     """The base model and whether it is the tiny stand-in built for this run."""
     if "base_model" in settings.model_fields_set:
         return settings.base_model, False
+    from transformers.utils import logging as hf_logging
+
     from trainers.tiny import build_tiny_model
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" is noise here
     # Its tokenizer learns the sample's words, so an example takes few of its 512 positions.
     corpus = [p.read_text(errors="replace") for p in sorted(examples.glob("*-events.jsonl"))]
     path = build_tiny_model(run_dir / "models" / "tiny", corpus=corpus, vocab_size=4096)

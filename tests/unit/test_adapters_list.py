@@ -1,0 +1,58 @@
+"""`learnstream adapters list` without --base-model lists every base model in the registry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from learnstream.settings import load_settings
+from trainers.commands import adapters, registered_base_models
+from trainers.registry import AdapterRegistry
+
+
+def _register(registry: AdapterRegistry, tmp: Path, name: str) -> int:
+    adapter = tmp / f"adapter-{name}"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"x")
+    return registry.register(
+        adapter, metrics={"eval_loss_candidate": 1.0}, lineage={"train_examples": 3}, config={}
+    )
+
+
+def test_list_shows_every_base_model_unless_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("LEARNSTREAM_BASE_MODEL", raising=False)
+    root = load_settings().registry_dir
+    first = AdapterRegistry(root, "/models/tiny")
+    second = AdapterRegistry(root, "org/other-model")
+    _register(first, tmp_path, "a")
+    _register(second, tmp_path, "b")
+    second.activate(1)
+    (root / "stray-folder").mkdir()  # no manifest, no version: not a base model
+
+    assert registered_base_models(root) == ["/models/tiny", "org/other-model"]
+    out = CliRunner().invoke(adapters, ["list"])
+    assert out.exit_code == 0, out.output
+    assert "base model /models/tiny (" in out.output, out.output
+    assert "base model org/other-model (" in out.output, out.output
+    assert len(re.findall(r"^[* ] v0001 ", out.output, re.M)) == 2, out.output
+    assert "active: none (base model)" in out.output and "active: v0001" in out.output
+
+    out = CliRunner().invoke(adapters, ["list", "--base-model", "org/other-model"])
+    assert out.exit_code == 0, out.output
+    assert "/models/tiny" not in out.output and "* v0001" in out.output, out.output
+
+
+def test_list_of_an_empty_registry_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
+    out = CliRunner().invoke(adapters, ["list"])
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == f"no adapters registered in {tmp_path / 'adapters'}"
