@@ -23,9 +23,16 @@ if TYPE_CHECKING:
 
 
 def _registry(base_model: str | None) -> tuple[Settings, AdapterRegistry]:
+    """The registry of ``base_model``; unset, of LEARNSTREAM_BASE_MODEL when that is set, else
+    of the registry's only base model (a demo run's tiny model), else of the default."""
     from trainers.registry import AdapterRegistry
 
     settings = command_settings()
+    if base_model is None and "base_model" not in settings.model_fields_set:
+        root = Path(settings.training.registry_dir or settings.registry_dir).expanduser()
+        models = registered_base_models(root)
+        if len(models) == 1:
+            base_model = models[0]
     return settings, AdapterRegistry.for_settings(settings, base_model)
 
 
@@ -70,7 +77,8 @@ def _notify(settings: Settings, registry: AdapterRegistry, version: int | None) 
 base_model_option = click.option(
     "--base-model",
     default=None,
-    help="Base model name or path (default: LEARNSTREAM_BASE_MODEL).",
+    help="Base model name or path (default: LEARNSTREAM_BASE_MODEL, else the registry's only "
+    "base model).",
 )
 notify_option = click.option(
     "--notify/--no-notify",

@@ -56,3 +56,19 @@ def test_list_of_an_empty_registry_says_where_it_looked(
     out = CliRunner().invoke(adapters, ["list"])
     assert out.exit_code == 0, out.output
     assert out.output.strip() == f"no adapters registered in {tmp_path / 'adapters'}"
+
+
+def test_show_without_base_model_uses_the_registrys_only_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("LEARNSTREAM_BASE_MODEL", raising=False)
+    registry = AdapterRegistry(load_settings().registry_dir, "/runs/x/models/tiny")
+    registry.activate(_register(registry, tmp_path, "a"))
+    out = CliRunner().invoke(adapters, ["show"])
+    assert out.exit_code == 0, out.output
+    assert '"base_model": "/runs/x/models/tiny"' in out.output, out.output
+    # With a base model named in the environment, that one is meant.
+    monkeypatch.setenv("LEARNSTREAM_BASE_MODEL", "org/named")
+    out = CliRunner().invoke(adapters, ["show"])
+    assert out.exit_code == 1 and "no active adapter for org/named" in out.output, out.output
