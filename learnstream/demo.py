@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -41,6 +42,7 @@ TRIGGER_WAIT_S = 30.0
 """Seconds from the manual trigger's POST to its record on ``training.triggers``."""
 TINY_CONTEXT = 512
 """Positions of the tiny stand-in model (`trainers.tiny`)."""
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 _RUN_NAMESPACE = uuid.UUID("6b1f7c1e-2f4e-4d55-9a49-3f0f3d7b8c21")
 
 
@@ -124,8 +126,9 @@ def start_run(data_dir: Path, echo: Callable[[str], None]) -> DemoRun:
 
 def _prune(base: Path, *, keep: int, current: Path, echo: Callable[[str], None]) -> None:
     runs = sorted(
-        (p for p in base.iterdir() if p.is_dir() and not p.is_symlink() and p != current),
-        key=lambda p: p.name,
+        p
+        for p in base.iterdir()
+        if _RUN_ID.match(p.name) and p.is_dir() and not p.is_symlink() and p != current
     )
     finished = [p for p in runs if not _running(p)]
     old = finished[: max(0, len(finished) - (keep - 1))]
