@@ -695,7 +695,7 @@ def show_config(obj: Context) -> None:
     "--schemas-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where to export JSON Schemas (default: <data dir>/schemas).",
+    help="Where to export JSON Schemas (default: <data dir>/demo/<run id>/schemas).",
 )
 @click.option(
     "--kafka",

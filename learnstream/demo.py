@@ -905,9 +905,11 @@ def _print_summary(
     _print_gate(data.get("refusals") or {}, len(tally.candidates), echo)
     _print_lengths(path, base_model, tiny, echo)
     echo(
-        f"settings lowered for this short run (not set in the environment; each is "
-        f"LEARNSTREAM_...): {', '.join(_override_text(o) for o in overrides) or 'none'}"
+        "settings the demo changed for a short run (each LEARNSTREAM_..., and only where the "
+        f"environment does not set it): {'none' if not overrides else ''}"
     )
+    for o in overrides:
+        echo(f"  {o.env.removeprefix('LEARNSTREAM_')}={o.value} (default {o.default}): {o.why}")
     for t in tally.triggers.values():
         echo(f"training trigger {t['trigger_id'][:8]}: {', '.join(t['reasons'])} ({t['detail']})")
     echo(
@@ -919,10 +921,6 @@ def _print_summary(
         _print_result(r, echo)
     echo(f"dead letters: {summary.dead_letters}")
     _print_state(settings, base_model, kafka, echo)
-
-
-def _override_text(o: Override) -> str:
-    return f"{o.env.removeprefix('LEARNSTREAM_')}={o.value} (default {o.default}: {o.why})"
 
 
 def _print_lengths(path: Path, base_model: str, tiny: bool, echo: Callable[[str], None]) -> None:
