@@ -46,6 +46,11 @@ def _learnstream(
     )
 
 
+# The first test to ask for `demo_twice` waits for two whole demo runs (about 80 s each on
+# 2 idle cores, more under load).
+DEMO_TWICE_TIMEOUT = 1200
+
+
 @pytest.fixture(scope="module")
 def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """Two `learnstream demo` runs, one right after the other, on one data dir."""
@@ -121,11 +126,13 @@ def _check_run(text: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEMO_TWICE_TIMEOUT)
 def test_demo_runs_the_whole_loop_on_embedded_defaults(demo_twice: tuple[Path, list[str]]) -> None:
     _check_run(demo_twice[1][0])
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEMO_TWICE_TIMEOUT)
 def test_a_second_demo_right_after_the_first_trains_again(
     demo_twice: tuple[Path, list[str]],
 ) -> None:
@@ -138,6 +145,7 @@ def test_a_second_demo_right_after_the_first_trains_again(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEMO_TWICE_TIMEOUT)
 def test_db_command_queries_the_demo_database(demo_twice: tuple[Path, list[str]]) -> None:
     data_dir, _ = demo_twice
     env = _user_env(data_dir)
@@ -174,6 +182,7 @@ def test_db_command_queries_the_demo_database(demo_twice: tuple[Path, list[str]]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEMO_TWICE_TIMEOUT)
 def test_adapters_list_shows_the_demo_adapters_without_base_model(
     demo_twice: tuple[Path, list[str]],
 ) -> None:
