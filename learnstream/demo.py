@@ -906,7 +906,7 @@ def _print_summary(
     _print_lengths(path, base_model, tiny, echo)
     echo(
         "settings the demo changed for a short run (each LEARNSTREAM_..., and only where the "
-        f"environment does not set it): {'none' if not overrides else ''}"
+        f"environment does not set it):{' none' if not overrides else ''}"
     )
     for o in overrides:
         echo(f"  {o.env.removeprefix('LEARNSTREAM_')}={o.value} (default {o.default}): {o.why}")
@@ -977,13 +977,21 @@ def _print_state(
 ) -> None:
     """Where the run's state lives and commands that read it after the demo ended."""
     run = settings.data_dir
-    latest = run.parent / "latest"
-    at = f"learnstream --data-dir {latest}"
+    at = f"learnstream --data-dir {run}"
     echo("")
-    echo(f"This run's state stays in {run} ({latest} points at the newest run; the last ")
-    echo(f"  {KEEP_RUNS} runs are kept): PostgreSQL in {settings.postgres_dir}, patterns in ")
-    echo(f"  {settings.qdrant_path}, dataset in {settings.dataset_path.parent}, adapters in ")
-    echo(f"  {settings.registry_dir}, logs in {run / 'logs'}.")
+    echo(
+        f"This run's state: {run} ({run.parent / 'latest'} points at the newest run; the last "
+        f"{KEEP_RUNS} runs are kept)"
+    )
+    for path, what in (
+        (settings.postgres_dir, "the embedded PostgreSQL (table telemetry_events)"),
+        (settings.qdrant_path, "patterns and interaction history (Qdrant, local mode)"),
+        (settings.dataset_path.parent, "the fine-tuning dataset and the gate's refusals"),
+        (settings.registry_dir, "the adapter registry"),
+        (run / "logs", "the worker's, sink's and trainer's logs"),
+    ):
+        shown = path.relative_to(run) if path.is_relative_to(run) else path
+        echo(f"  {str(shown) + '/':10} {what}")
     echo("Look at it now (each command starts what it needs and stops it again):")
     echo(f'  {at} db -c "select source, event_type, score from telemetry_events limit 5"')
     echo(f"  {at} db                      (psql on the embedded PostgreSQL)")
@@ -995,10 +1003,8 @@ def _print_state(
     else:
         echo("  The dev broker and its topics ended with the demo; `learnstream demo --kafka`")
         echo("  keeps them in a local Kafka in the run folder (`learnstream ... kafka` serves it).")
-    echo(
-        "  /metrics, `status` and `trigger` need a running worker: `learnstream broker`, then "
-        f"`{at} worker` (base model {base_model})."
-    )
+    echo("  /metrics, `status` and `trigger` need a running worker and a broker: in two shells,")
+    echo(f"  `{at} broker` and `LEARNSTREAM_BASE_MODEL={base_model} {at} worker`.")
 
 
 def _print_gate(refusals: dict[str, Any], candidates: int, echo: Callable[[str], None]) -> None:

@@ -122,7 +122,8 @@ def _check_run(text: str) -> None:
     assert (manifest.get("active") is not None) == (result[1] == "PROMOTED"), manifest
     lines = (run / "dataset" / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == int(learned[3]) and all(json.loads(line)["messages"] for line in lines)
-    assert f"This run's state stays in {run} " in text, text
+    assert f"This run's state: {run} (" in text, text
+    assert f"learnstream --data-dir {run} db -c " in text, text
 
 
 @pytest.mark.slow
