@@ -389,7 +389,7 @@ class PipelineTally:
 class _Follower:
     """Reads the run's records from the pipeline's topics into a `PipelineTally`."""
 
-    def __init__(self, settings: Settings, ids: set[str], base_model: str) -> None:
+    def __init__(self, settings: Settings, ids: set[str], base_model: str, since_ms: int) -> None:
         from confluent_kafka import Consumer
 
         from learnstream.kafka import consumer_config
@@ -404,7 +404,7 @@ class _Follower:
 
         self.ids, self.base_model = ids, base_model
         self.tally = PipelineTally()
-        self.since_ms = int(time.time() * 1000) - 5000
+        self.since_ms = since_ms  # dead letters from before this run are not its own
         self.names = {
             t.name: key
             for t, key in (
@@ -475,13 +475,14 @@ def _follow(
     echo: Callable[[str], None],
     timeout: float,
     web: str,
+    since_ms: int,
 ) -> PipelineTally:
     """Follow the run until its training result; fire the manual trigger once learning settled.
 
     Fails (`DemoError`) within `STALL_S` when scoring or extraction stop making progress,
     when nothing was learned, when the trigger does not appear, or after ``timeout``.
     """
-    follower = _Follower(settings, ids, base_model)
+    follower = _Follower(settings, ids, base_model, since_ms)
     tally = follower.tally
     start = time.monotonic()
     deadline = start + timeout
@@ -761,11 +762,19 @@ def _pipeline(
         children.start("trainer", "trainer")
         echo(f"started worker ({web}), sink, trainer; logs: {children.logs}")
         _wait_http(f"{web}/healthz", children, timeout=180)
+        since_ms = int(time.time() * 1000) - 1000
         files = _publish(live, examples, summary, run.run_id, echo)
         ids = _collect_ids(examples, files, run.run_id)
         echo(f"published {sum(summary.sent.values())} events; waiting for the pipeline")
         tally = _follow(
-            live, ids, children, base_model=base_model, echo=echo, timeout=timeout, web=web
+            live,
+            ids,
+            children,
+            base_model=base_model,
+            echo=echo,
+            timeout=timeout,
+            web=web,
+            since_ms=since_ms,
         )
         rows = _postgres_summary(live, ids)
         deadline = time.monotonic() + 60
