@@ -171,6 +171,35 @@ def test_db_command_queries_the_demo_database(demo_twice: tuple[Path, list[str]]
     lines = out.stdout.splitlines()
     assert lines[0] == "source\tcount" and lines[-1] == "(4 rows)", out.stdout
     assert {a: int(b) for a, b in (line.split("\t") for line in lines[1:-1])} == expected
+    # Interactive psql on stdin; while it holds the embedded server, a command given its URL
+    # as LEARNSTREAM_POSTGRES__URL (from another, empty data dir) reads the same rows.
+    url = _learnstream(env, "--data-dir", latest, "db", "--print-url").stdout.strip()
+    assert url.startswith("postgresql://") and "host=" in url, url
+    psql = subprocess.Popen(
+        [sys.executable, "-m", "learnstream", "--data-dir", latest, "db"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert psql.stdin is not None
+        psql.stdin.write("select 'psql says ' || count(*) from telemetry_events;\n")
+        psql.stdin.flush()
+        assert psql.stdout is not None
+        while "psql says" not in (line := psql.stdout.readline()):
+            assert line, psql.stderr.read() if psql.stderr else ""
+        assert line.split()[-1] == str(sum(expected.values())), line
+        other = _user_env(data_dir / "elsewhere") | {"LEARNSTREAM_POSTGRES__URL": url}
+        out = _learnstream(other, "db", "--no-psql", "-c", sql)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.splitlines()[1:-1] == lines[1:-1], out.stdout
+        assert not (data_dir / "elsewhere" / "postgres").exists()
+    finally:
+        if psql.stdin is not None:
+            psql.stdin.close()  # end of input: psql exits, and with it the embedded server
+        assert psql.wait(60) == 0
     # A bad query and psql-less interactive use: one line each, exit 1.
     out = _learnstream(env, "--data-dir", latest, "db", "--no-psql", "-c", "select nope")
     assert out.returncode == 1
