@@ -688,10 +688,14 @@ def _run(
 ) -> DemoSummary:
     from learnstream.schema_export import export_schemas
 
-    echo(f"run {run.run_id}: its state goes to {run.dir}")
     state = run_settings(settings, run.dir)
     if state.kafka.bootstrap_servers:
-        claim_broker(run, state.kafka.bootstrap_servers)
+        try:
+            claim_broker(run, state.kafka.bootstrap_servers)
+        except DemoError:
+            shutil.rmtree(run.dir, ignore_errors=True)  # refused before it began
+            raise
+    echo(f"run {run.run_id}: its state goes to {run.dir}")
     point_latest(run)
     out = schemas_dir or run.dir / "schemas"
     written = export_schemas(out)
@@ -1007,13 +1011,20 @@ def _print_state(
     echo(f"  {at} adapters list           (every base model's versions and decisions)")
     echo(f"  {at} dataset stats           (examples, balance, gate refusals)")
     echo(f"  {at} patterns top            (the skill library, in local Qdrant)")
-    if kafka:
+    configured = settings.kafka.bootstrap_servers
+    if configured:
+        echo(f"  The topics stay on the configured broker {configured}.")
+    elif kafka:
         echo(f"  {at} kafka                   (the run's Kafka again; then `topics describe`)")
     else:
         echo("  The dev broker and its topics ended with the demo; `learnstream demo --kafka`")
         echo("  keeps them in a local Kafka in the run folder (`learnstream ... kafka` serves it).")
-    echo("  /metrics, `status` and `trigger` need a running worker and a broker: in two shells,")
-    echo(f"  `{at} broker` and `LEARNSTREAM_BASE_MODEL={base_model} {at} worker`.")
+    worker = f"`LEARNSTREAM_BASE_MODEL={base_model} {at} worker`"
+    if configured:
+        echo(f"  /metrics, `status` and `trigger` need a running worker: {worker}.")
+    else:
+        echo("  /metrics, `status` and `trigger` need a running worker and a broker; in two")
+        echo(f"  shells: `{at} {'kafka' if kafka else 'broker'}` and {worker}.")
 
 
 def _print_gate(refusals: dict[str, Any], candidates: int, echo: Callable[[str], None]) -> None:
