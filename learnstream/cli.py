@@ -750,7 +750,7 @@ def mask_url_password(url: str) -> str:
     "--schemas-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where to export JSON Schemas (default: <data dir>/schemas).",
+    help="Where to export JSON Schemas (default: <data dir>/demo/<run id>/schemas).",
 )
 @click.option(
     "--kafka",
@@ -760,16 +760,28 @@ def mask_url_password(url: str) -> str:
     help="Run on a real local Apache Kafka (`learnstream kafka`) instead of the in-memory "
     "dev broker.",
 )
+@click.option(
+    "--timeout",
+    default=600.0,
+    type=click.FloatRange(min=1),
+    show_envvar=True,
+    help="Seconds to wait for the training result (a stalled pipeline fails sooner).",
+)
 @pass_ctx
-def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafka: bool) -> None:
+def demo(
+    obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafka: bool, timeout: float
+) -> None:
     """Run the main job on embedded defaults and print a summary.
 
-    Starts the dev broker in this process (unless LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is set),
-    exports the schemas, starts `worker`, `sink` and `trainer` as child processes, publishes
-    the sample telemetry through the producer SDK and waits until every event is scored and a
-    training run (of a tiny locally built model unless LEARNSTREAM_BASE_MODEL is set) reported.
+    Each run gets its own state folder, <data dir>/demo/<run id> (<data dir>/demo/latest
+    points at the newest; the last 3 are kept), so it can be re-run, and two runs at once
+    share nothing. Starts the dev broker in this process (unless
+    LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS is set), exports the schemas, starts `worker`, `sink`
+    and `trainer` as child processes, publishes the sample telemetry through the producer SDK,
+    fires one training trigger once every event is in and waits for the training run (of a
+    tiny locally built model unless LEARNSTREAM_BASE_MODEL is set).
     """
-    from learnstream.demo import run_demo
+    from learnstream.demo import DemoError, run_demo
     from learnstream.localkafka import LocalKafkaError
     from learnstream.signals import Terminated, raise_on_sigterm
 
@@ -781,7 +793,10 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafk
             schemas_dir=schemas_dir,
             echo=click.echo,
             kafka=use_kafka,
+            timeout=timeout,
         )
+    except DemoError as exc:
+        raise click.ClickException(f"demo: {exc}") from None
     except LocalKafkaError as exc:
         raise click.ClickException(f"local Kafka: {exc}") from None
     except (Terminated, KeyboardInterrupt):
@@ -790,11 +805,13 @@ def demo(obj: Context, examples: Path | None, schemas_dir: Path | None, use_kafk
 
 
 def _register_plugins() -> None:
+    from learnstream.db_commands import db
     from learnstream.dlq_commands import dlq
     from learnstream.replay_commands import backfill, replay
     from trainers.commands import adapters
 
     cli.add_command(adapters)
+    cli.add_command(db)
     cli.add_command(dlq)
     cli.add_command(replay)
     cli.add_command(backfill)

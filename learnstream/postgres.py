@@ -191,7 +191,7 @@ def embedded_url(settings: Settings) -> str:
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``, for logs and messages."""
-    return re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@?#]*:)[^@/?#]+@", r"\1***@", url)  # an empty one stays empty
 
 
 def connect(

@@ -10,6 +10,7 @@ unless ``--no-notify``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,9 +23,16 @@ if TYPE_CHECKING:
 
 
 def _adapter_store(base_model: str | None) -> tuple[Settings, AdapterStore]:
+    """The registry of ``base_model``; unset, of LEARNSTREAM_BASE_MODEL when that is set, else
+    of the registry's only base model (a demo run's tiny model), else of the default."""
     from trainers.adapters import AdapterStore
 
     settings = command_settings()
+    if base_model is None and "base_model" not in settings.model_fields_set:
+        root = settings.adapters_dir
+        models = registered_base_models(root)
+        if len(models) == 1:
+            base_model = models[0]
     return settings, AdapterStore.for_settings(settings, base_model)
 
 
@@ -37,7 +45,7 @@ def _version_arg(text: str) -> int:
         raise click.BadParameter(str(exc)) from None
 
 
-def _notify(settings: Settings, adapters: AdapterStore, version: int | None) -> None:
+def _notify(settings: Settings, registry: AdapterStore, version: int | None) -> None:
     from trainers.hotswap import Notice, notify_all, served_path, summarize
 
     ts = settings.training
@@ -46,13 +54,13 @@ def _notify(settings: Settings, adapters: AdapterStore, version: int | None) -> 
     metrics: dict[str, float] = {}
     path = None
     if version is not None:
-        info = adapters.show(version)
+        info = registry.show(version)
         metrics = {k: float(v) for k, v in info.metrics.items() if isinstance(v, int | float)}
-        path = served_path(ts, adapters.root, info.path)
+        path = served_path(ts, registry.root, info.path)
     outcomes = notify_all(
         ts,
         Notice(
-            base_model=adapters.base_model,
+            base_model=registry.base_model,
             version=version,
             path=path,
             lora_name=ts.lora_name,
@@ -69,7 +77,8 @@ def _notify(settings: Settings, adapters: AdapterStore, version: int | None) -> 
 base_model_option = click.option(
     "--base-model",
     default=None,
-    help="Base model name or path (default: LEARNSTREAM_BASE_MODEL).",
+    help="Base model name or path (default: LEARNSTREAM_BASE_MODEL, else the registry's only "
+    "base model).",
 )
 notify_option = click.option(
     "--notify/--no-notify",
@@ -88,13 +97,55 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, int | float) else "-"
 
 
+def registered_base_models(root: Path) -> list[str]:
+    """The base models with a folder under the registry ``root``, by name.
+
+    A folder's base model is its manifest's, else that of any version's training config.
+    """
+    found: set[str] = set()
+    if not root.is_dir():
+        return []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        candidates = [folder / "manifest.json", *sorted(folder.glob("v*/training_config.json"))]
+        for path in candidates:
+            try:
+                name = json.loads(path.read_text(encoding="utf-8")).get("base_model")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(name, str) and name:
+                found.add(name)
+                break
+    return sorted(found)
+
+
 @adapters.command("list")
-@base_model_option
+@click.option(
+    "--base-model",
+    default=None,
+    help="Only this base model's adapters (default: every base model in the registry).",
+)
 def list_adapters(base_model: str | None) -> None:
-    """List the versions of a base model's adapters (* marks the active one)."""
-    _, adapters = _adapter_store(base_model)
-    versions = adapters.list_versions()
-    click.echo(f"base model {adapters.base_model} ({adapters.dir})")
+    """List every base model's adapter versions (* marks the active one)."""
+    from trainers.adapters import AdapterStore
+
+    settings = command_settings()
+    if base_model is not None:
+        _print_versions(AdapterStore.for_settings(settings, base_model))
+        return
+    root = settings.adapters_dir
+    models = registered_base_models(root)
+    if not models:
+        click.echo(f"no adapters registered in {root}")
+        return
+    for number, name in enumerate(models):
+        if number:
+            click.echo("")
+        _print_versions(AdapterStore(root, name))
+
+
+def _print_versions(registry: AdapterStore) -> None:
+    versions = registry.list_versions()
+    click.echo(f"base model {registry.base_model} ({registry.dir})")
     if not versions:
         click.echo("no adapters registered")
         return
@@ -115,7 +166,7 @@ def list_adapters(base_model: str | None) -> None:
             f"{_fmt(gain, '+.2%'):>7} {lineage.get('train_examples', '-')!s:>6} "
             f"{lineage.get('eval_examples', '-')!s:>5} {verdict}"
         )
-    active = adapters.active_version()
+    active = registry.active_version()
     click.echo(f"active: {'none (base model)' if active is None else f'v{active:04d}'}")
 
 
@@ -126,9 +177,9 @@ def show_adapter(version: str | None, base_model: str | None) -> None:
     """Print one version (default: the active one) as JSON: metrics, lineage, config, decision."""
     from trainers.adapters import AdapterStoreError
 
-    _, adapters = _adapter_store(base_model)
+    _, registry = _adapter_store(base_model)
     try:
-        info = adapters.show(None if version is None else _version_arg(version))
+        info = registry.show(None if version is None else _version_arg(version))
     except AdapterStoreError as exc:
         raise click.ClickException(str(exc)) from None
     lineage = dict(info.lineage)
@@ -138,7 +189,7 @@ def show_adapter(version: str | None, base_model: str | None) -> None:
     click.echo(
         json.dumps(
             {
-                "base_model": adapters.base_model,
+                "base_model": registry.base_model,
                 "version": info.version,
                 "path": str(info.path),
                 "active": info.active,
@@ -162,16 +213,16 @@ def activate_adapter(version: str, base_model: str | None, notify: bool) -> None
     """Make VERSION (3 or v0003) the active adapter."""
     from trainers.adapters import AdapterStoreError, version_name
 
-    settings, adapters = _adapter_store(base_model)
+    settings, registry = _adapter_store(base_model)
     number = _version_arg(version)
     try:
-        previous = adapters.activate(number, reason="manual (CLI)")
+        previous = registry.activate(number, reason="manual (CLI)")
     except AdapterStoreError as exc:
         raise click.ClickException(str(exc)) from None
     was = "none" if previous is None else version_name(previous)
-    click.echo(f"{adapters.base_model}: active {version_name(number)} (was {was})")
+    click.echo(f"{registry.base_model}: active {version_name(number)} (was {was})")
     if notify:
-        _notify(settings, adapters, number)
+        _notify(settings, registry, number)
 
 
 @adapters.command("rollback")
@@ -181,14 +232,14 @@ def rollback_adapter(base_model: str | None, notify: bool) -> None:
     """Re-activate the version that was active before the current one."""
     from trainers.adapters import AdapterStoreError, version_name
 
-    settings, adapters = _adapter_store(base_model)
-    current = adapters.active_version()
+    settings, registry = _adapter_store(base_model)
+    current = registry.active_version()
     try:
-        new = adapters.rollback(reason="manual rollback (CLI)")
+        new = registry.rollback(reason="manual rollback (CLI)")
     except AdapterStoreError as exc:
         raise click.ClickException(str(exc)) from None
     now = "none (base model)" if new is None else version_name(new)
     was = "none" if current is None else version_name(current)
-    click.echo(f"{adapters.base_model}: rolled back to {now} (was {was})")
+    click.echo(f"{registry.base_model}: rolled back to {now} (was {was})")
     if notify:
-        _notify(settings, adapters, new)
+        _notify(settings, registry, new)
