@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from learnstream.settings import load_settings
-from trainers.commands import adapters, registered_base_models
 from trainers.adapters import AdapterStore
+from trainers.commands import adapters, registered_base_models
 
 
 def _register(registry: AdapterStore, tmp: Path, name: str) -> int:
