@@ -389,11 +389,14 @@ def produce_send(
 
     settings = obj.settings
     obj.kafka_config()  # fail early and clearly when no broker is known
-    quiet_producer_log(settings)  # the last line says what stayed in the spool
     origin = str(getattr(file, "name", "<stdin>"))
-    with TelemetryProducer(
-        source, settings, name=spool_name or f"send-{source}", stage="send"
-    ) as producer:
+    # the last line says what stayed in the spool, not the SDK's warnings
+    with (
+        quiet_producer_log(settings),
+        TelemetryProducer(
+            source, settings, name=spool_name or f"send-{source}", stage="send"
+        ) as producer,
+    ):
         report = send_lines(
             producer,
             Source(source),

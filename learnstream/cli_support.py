@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -60,9 +62,17 @@ def command_settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def quiet_producer_log(settings: Settings) -> None:
+@contextmanager
+def quiet_producer_log(settings: Settings) -> Iterator[None]:
     """Keep the producer SDK's warnings (``spooling to ...``, meant for long-running processes)
     out of a one-shot command, which says itself what it left in the spool; errors still show,
-    and everything does with LEARNSTREAM_LOG_LEVEL=DEBUG."""
+    and everything does with LEARNSTREAM_LOG_LEVEL=DEBUG. The level is restored afterwards
+    (a command run in-process must not silence the SDK of its caller)."""
+    logger = logging.getLogger("learnstream.producer")
+    previous = logger.level
     if settings.log_level != "DEBUG":
-        logging.getLogger("learnstream.producer").setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -275,11 +275,14 @@ def backfill(source: str, files: tuple[Path, ...], timeout: float, spool_name: s
 
     settings = command_settings()
     _kafka_config(settings)  # fail early and clearly when no broker is known
-    quiet_producer_log(settings)  # the last line says what stayed in the spool
     sent = invalid = 0
-    with TelemetryProducer(
-        source, settings, name=spool_name or f"backfill-{source}", stage="backfill"
-    ) as producer:
+    # the last line says what stayed in the spool, not the SDK's warnings
+    with (
+        quiet_producer_log(settings),
+        TelemetryProducer(
+            source, settings, name=spool_name or f"backfill-{source}", stage="backfill"
+        ) as producer,
+    ):
         for path in files:
             with _open(path) as stream:
                 report = send_lines(

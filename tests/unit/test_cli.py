@@ -211,3 +211,17 @@ def test_the_gateway_names_its_extra_when_uvicorn_is_missing(tmp_path: Path) -> 
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "'uvicorn'" in lines[0] and 'pip install "learnstream[gateway]"' in lines[0]
+
+
+def test_a_quiet_command_gives_the_sdk_its_log_level_back() -> None:
+    """`produce send` run in-process (CliRunner, a tool's own code) must not silence the SDK."""
+    import logging
+
+    from learnstream.cli_support import quiet_producer_log
+    from learnstream.settings import load_settings
+
+    logger = logging.getLogger("learnstream.producer")
+    before = logger.level
+    with quiet_producer_log(load_settings()):
+        assert logger.level == logging.ERROR
+    assert logger.level == before
