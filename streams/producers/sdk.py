@@ -675,8 +675,8 @@ class TelemetryProducer:
             return
         size = _memory_size(rec)
         if self._spool.disk_refused and self._memory_bytes + size <= self._memory_max:
-            if not self._memory:
-                log.warning(
+            if not self._memory:  # an error: these events are lost if the process dies
+                log.error(
                     "%s: %s; events wait in memory (up to %d bytes, "
                     "LEARNSTREAM_PRODUCER__MEMORY_MAX_BYTES) until they are sent or spooled",
                     self.name,
