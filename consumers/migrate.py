@@ -144,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m consumers.migrate [URL]``: apply pending migrations and list them."""
     from learnstream.postgres import connect, postgres_url, redact
     from learnstream.settings import load_settings
+    from learnstream.signals import configure_logging
 
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    url = args[0] if args else postgres_url(load_settings())
+    settings = load_settings()
+    configure_logging(settings)
+    url = args[0] if args else postgres_url(settings)
     with connect(url) as conn:
         done = migrate(conn)
         print(f"{redact(url)}: applied {len(done)} migration(s)")
