@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from brokers import BrokerInfo, add_broker_arguments, broker_from_args
 
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from schemas.topics import telemetry_topic
 from streams.producers import TelemetryProducer
 

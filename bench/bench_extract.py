@@ -34,7 +34,7 @@ from extractors.patterns import (
 )
 from extractors.stage import ExtractionStage, dataset_path
 from extractors.store import MAX_FEEDBACK_IDS, feedback_marker, pattern_payload
-from learnstream.settings import Settings, load_settings
+from learnstream.core.settings import Settings, load_settings
 from schemas.interaction import ScoredInteraction
 from schemas.parsing import parse_event
 from schemas.pattern import Pattern

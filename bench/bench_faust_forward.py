@@ -58,7 +58,7 @@ from bench_score import (
 )
 from brokers import BrokerInfo, add_broker_arguments, broker_from_args
 
-from learnstream.brokerprofile import KAFKA, MOCK
+from learnstream.core.brokerprofile import KAFKA, MOCK
 
 BASELINE = "aiokafka-fwd"  # the bare-client baseline, in every run
 

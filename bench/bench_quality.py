@@ -50,8 +50,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from extractors.stage import ExtractionStage, dataset_path
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import load_settings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import load_settings
 from schemas.interaction import ScoredInteraction
 from scorers.embeddings import Embedder
 from scorers.stage import RawRecord, ScoringStage
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(1 for i in items if i.topic is None)} chit-chat = {len(items)} events; "
         f"{2 * len(TOPICS)} held-out paraphrases; load average {load:.2f}"
     )
-    from learnstream.settings import EmbeddingSettings
+    from learnstream.core.settings import EmbeddingSettings
 
     embedder = Embedder(EmbeddingSettings(), CollectorRegistry())
     embedder.load()

@@ -77,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from brokers import BrokerInfo, add_broker_arguments, broker_from_args, stop_process
 
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 from schemas.topics import DLQ, INTERACTIONS_SCORED, PATTERNS_CANDIDATES, TELEMETRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -638,7 +638,7 @@ def burst_throughput(rig: Rig, texts: list[str], limit: float) -> Throughput:
 def bare_model_rate(texts: list[str]) -> tuple[float, float]:
     """(texts/s, other processes' CPU share) of the bare model over ``texts`` in the stage's
     batch size."""
-    from learnstream.settings import load_settings
+    from learnstream.core.settings import load_settings
     from scorers.embeddings import Embedder
 
     settings = load_settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-bare-")))

@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import TrainingSettings, load_settings
+from learnstream.core.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from trainers.adapters import AdapterStore
 from trainers.data import prepare_dataset

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 KINDS = ("mock", "kafka")
-PARTITIONS = 4  # what the mock creates a topic with (learnstream.brokerprofile)
+PARTITIONS = 4  # what the mock creates a topic with (learnstream.core.brokerprofile)
 ORIGINS = {
     "thread": "librdkafka mock cluster, in-process",
     "process": "librdkafka mock cluster, `learnstream broker` subprocess",
@@ -279,7 +279,7 @@ def detect_kind(bootstrap: str) -> Literal["mock", "kafka"]:
     """``mock`` when the cluster at ``bootstrap`` is librdkafka's mock cluster, else ``kafka``."""
     from confluent_kafka.admin import AdminClient
 
-    from learnstream.kafka import MOCK_CLUSTER_PREFIX
+    from learnstream.core.kafka import MOCK_CLUSTER_PREFIX
 
     metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15)
     return "mock" if str(metadata.cluster_id or "").startswith(MOCK_CLUSTER_PREFIX) else "kafka"

@@ -1,8 +1,8 @@
 """What the pipeline's confluent-kafka consumer processes (the sink, the trainer) share.
 
 `KafkaConsumerProcess` is a manually committing consumer in a group, with the lifecycle both
-processes follow: created on first use from `learnstream.kafka.consumer_config`, subscribed with
-rebalance callbacks (counted in a ``rebalances`` metric), `run` until ``stop`` is set, then
+processes follow: created on first use from `learnstream.core.kafka.consumer_config`, subscribed
+with rebalance callbacks (counted in a ``rebalances`` metric), `run` until ``stop`` is set, then
 closed. Long work (a database outage, a training job, a failing delivery) is done with every
 assigned partition *paused* while ``consumer.poll()`` keeps being called: polling is what counts
 for ``max.poll.interval.ms`` and serves the rebalance callbacks, and paused partitions return no
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
 
-from learnstream.metrics import MetricSet
-from learnstream.summary import Summary
+from learnstream.core.metrics import MetricSet
+from learnstream.core.summary import Summary
 from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.topics import DLQ
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
     from prometheus_client import CollectorRegistry, Counter
 
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 DLQ_KEEP_BYTES = DEAD_LETTER_MAX_BYTES  # the one cap of every dead letter (schemas.dlq)
 
@@ -191,7 +191,7 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
         if self._consumer is None:
             from confluent_kafka import Consumer
 
-            from learnstream.kafka import consumer_config
+            from learnstream.core.kafka import consumer_config
 
             conf = consumer_config(self.settings, self.group_id, **self._consumer_config)
             self._consumer = Consumer(conf, logger=self.log)
@@ -203,7 +203,7 @@ class KafkaConsumerProcess(abc.ABC, Generic[M]):
         if self._producer is None:
             from confluent_kafka import Producer
 
-            from learnstream.kafka import reliable_producer_config
+            from learnstream.core.kafka import reliable_producer_config
 
             conf = reliable_producer_config(self.settings, **self.producer_overrides)
             self._producer = Producer(conf, logger=self.log)
@@ -402,8 +402,8 @@ def consumer_process(
     settings: Settings, log: logging.Logger, stop: threading.Event | None = None
 ) -> Iterator[threading.Event]:
     """Set up a consumer process; yields its stop event (see
-    `learnstream.signals.process_lifecycle`)."""
-    from learnstream.signals import process_lifecycle
+    `learnstream.core.signals.process_lifecycle`)."""
+    from learnstream.core.signals import process_lifecycle
 
     with process_lifecycle(settings, log, stop) as stop_event:
         yield stop_event

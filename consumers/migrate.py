@@ -142,9 +142,9 @@ def migrate(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m consumers.migrate [URL]``: apply pending migrations and list them."""
+    from learnstream.core.settings import load_settings
+    from learnstream.core.signals import configure_logging
     from learnstream.postgres import connect, postgres_url, redact
-    from learnstream.settings import load_settings
-    from learnstream.signals import configure_logging
 
     args = sys.argv[1:] if argv is None else argv
     settings = load_settings()

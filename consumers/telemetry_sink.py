@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     import psycopg
     from confluent_kafka import Message, TopicPartition
 
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 log = logging.getLogger("learnstream.sink")
 
@@ -521,7 +521,7 @@ def run_sink(
     normally after a clean stop: every written batch is committed, an unwritten one is read
     again by the next run. ``options`` go to `TelemetrySink`.
     """
-    from learnstream.metrics import serve_metrics
+    from learnstream.core.metrics import serve_metrics
     from learnstream.postgres import postgres_url, redact
 
     with consumer_process(settings, log, stop) as stop_event:

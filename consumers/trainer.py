@@ -78,7 +78,7 @@ from schemas.training import TrainingResult, TrainingTrigger
 if TYPE_CHECKING:
     from confluent_kafka import Message, TopicPartition
 
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
     from trainers.adapters import JobRecord
     from trainers.metrics import TrainingMetrics
 
@@ -605,7 +605,7 @@ def run_trainer(
     to `TrainerConsumer`
     (``topic``, ``results_topic``, ``dlq_topic``, ``poll_timeout``...).
     """
-    from learnstream.metrics import serve_metrics
+    from learnstream.core.metrics import serve_metrics
 
     with consumer_process(settings, log, stop) as stop_event:
         registry = registry or REGISTRY

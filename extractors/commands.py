@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from learnstream.api_client import WorkerAnswer, ask_worker, worker_url
-from learnstream.errors import ResourceBusyError
-from learnstream.settings import Settings
+from learnstream.core.errors import ResourceBusyError
+from learnstream.core.settings import Settings
 from schemas.pattern import Pattern
 
 if TYPE_CHECKING:

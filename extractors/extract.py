@@ -21,7 +21,7 @@ from extractors.llm import BreakerState, CircuitBreaker, LLMError, LLMExtractor,
 from extractors.metrics import ExtractMetrics
 from extractors.redact import redact_candidate, redact_pattern
 from extractors.refusals import refusal_of
-from learnstream.settings import ExtractSettings
+from learnstream.core.settings import ExtractSettings
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import Pattern, Refusal
 

@@ -37,7 +37,7 @@ from extractors.patterns import (
     pattern_id_for,
     source_query,
 )
-from learnstream.settings import ExtractSettings
+from learnstream.core.settings import ExtractSettings
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import Pattern
 

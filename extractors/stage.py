@@ -42,8 +42,8 @@ from extractors.metrics import ExtractMetrics
 from extractors.patterns import PatternStatus, pattern_text
 from extractors.refusals import RefusalLog, refusal_of, refusals_path_for
 from extractors.store import FeedbackResult, PatternStore
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import Settings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import Settings
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import DatasetExample, LearnedPattern, Pattern, Refusal
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from learnstream.settings import Settings
+from learnstream.core.settings import Settings
 
 
 def worker_url(settings: Settings, url: str | None) -> str:

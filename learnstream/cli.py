@@ -19,7 +19,7 @@ import click
 from learnstream.cli_support import BROKER_TIMEOUT, DELIVERY_TIMEOUT, SOURCE_OPTION, SOURCES
 
 if TYPE_CHECKING:
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 
 class Context:
@@ -33,20 +33,20 @@ class Context:
     def settings(self) -> Settings:
         """The process settings; invalid ones end the command with a message naming them."""
         if self._settings is None:
-            from learnstream.settings import SettingsError, load_settings
+            from learnstream.core.settings import SettingsError, load_settings
 
             try:
                 self._settings = load_settings(**self._overrides)
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
-            from learnstream.signals import configure_logging
+            from learnstream.core.signals import configure_logging
 
             configure_logging(self._settings)
         return self._settings
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka properties for this process, or a clear error if no broker is known."""
-        from learnstream.kafka import BrokerNotConfiguredError, client_config
+        from learnstream.core.kafka import BrokerNotConfiguredError, client_config
 
         try:
             conf = client_config(self.settings, **overrides)
@@ -107,7 +107,7 @@ def cli(ctx: click.Context, data_dir: Path | None) -> None:
     """learnstream: turn AI developer-tool telemetry into better models, continuously."""
     import signal
 
-    from learnstream.signals import raise_on_sigterm
+    from learnstream.core.signals import raise_on_sigterm
 
     # Until a command installs its own handlers (a worker's take seconds of imports), SIGTERM
     # raises in the main thread: `finally` blocks run and the exit code is 143, not a kill.
@@ -142,8 +142,8 @@ def broker(obj: Context, brokers: int, port: int) -> None:
     first use with 4 partitions; no CreateTopics, DeleteTopics or DescribeConfigs. For
     production use Redpanda or Kafka (see deploy/).
     """
+    from learnstream.core.kafka import read_dev_broker
     from learnstream.devbroker import PortInUseError, serve
-    from learnstream.kafka import read_dev_broker
 
     settings = obj.settings
     _refuse_if_broker_running(read_dev_broker(settings.broker_file), settings.broker_file)
@@ -238,7 +238,7 @@ def kafka_command(  # noqa: PLR0917 (click passes the options)
     learnstream/localkafka_files/) into the cache; later runs work offline without Maven.
     Data: <data dir>/kafka (cluster.json, node-N/, logs/node-N.log at WARN and above).
     """
-    from learnstream.kafka import read_dev_broker
+    from learnstream.core.kafka import read_dev_broker
     from learnstream.localkafka import LocalKafka, LocalKafkaError, serve
 
     settings = obj.settings
@@ -273,7 +273,7 @@ def topics() -> None:
 @pass_ctx
 def topics_create(obj: Context, timeout: float) -> None:
     """Create every registry topic that is missing (partitions, retention, cleanup policy)."""
-    from learnstream.brokerprofile import MOCK_DEFAULT_PARTITIONS, profile_for
+    from learnstream.core.brokerprofile import MOCK_DEFAULT_PARTITIONS, profile_for
     from learnstream.topicadmin import create_topics
 
     conf = obj.kafka_config()
@@ -318,7 +318,7 @@ def topics_list(obj: Context, timeout: float) -> None:
 @pass_ctx
 def topics_describe(obj: Context, names: tuple[str, ...], timeout: float) -> None:
     """Partitions, leaders, offsets and configs of topics (default: every registry topic)."""
-    from learnstream.brokerprofile import profile_for
+    from learnstream.core.brokerprofile import profile_for
     from learnstream.topicadmin import describe_topic
     from schemas.topics import TOPICS
 
@@ -467,7 +467,7 @@ def produce_tail(
     if len(sources) != len(paths):
         raise click.UsageError("give one --source for each --path")
     obj.kafka_config()
-    from learnstream.metrics import serve_metrics
+    from learnstream.core.metrics import serve_metrics
 
     serve_metrics(obj.settings)  # on LEARNSTREAM_METRICS_PORT, when set
     run_tailers(
@@ -708,7 +708,7 @@ def show_config(obj: Context) -> None:
     configured, kafka.bootstrap_servers shows the running dev broker's (or local Kafka's)
     address, the one every command uses, and a note on stderr says where it comes from.
     """
-    from learnstream.kafka import read_dev_broker
+    from learnstream.core.kafka import read_dev_broker
 
     settings = obj.settings
     data = settings.model_dump(mode="json")
@@ -784,9 +784,9 @@ def demo(
     fires one training trigger once every event is in and waits for the training run (of a
     tiny locally built model unless LEARNSTREAM_BASE_MODEL is set).
     """
+    from learnstream.core.signals import Terminated, raise_on_sigterm
     from learnstream.demo import DemoError, run_demo
     from learnstream.localkafka import LocalKafkaError
-    from learnstream.signals import Terminated, raise_on_sigterm
 
     raise_on_sigterm()  # the worker, sink, trainer and embedded services stop with the demo
     try:
@@ -839,7 +839,7 @@ _show_every_envvar(cli)
 
 def main() -> None:
     """Console-script entry point."""
-    from learnstream.errors import ResourceBusyError, ServiceUnavailableError
+    from learnstream.core.errors import ResourceBusyError, ServiceUnavailableError
 
     try:
         cli(prog_name="learnstream")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 
 BROKER_TIMEOUT = click.option(
@@ -54,7 +54,7 @@ def command_settings() -> Settings:
     settings = getattr(click.get_current_context().find_root().obj, "settings", None)
     if settings is not None:
         return settings
-    from learnstream.settings import SettingsError, load_settings
+    from learnstream.core.settings import SettingsError, load_settings
 
     try:
         return load_settings()

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from learnstream.settings import Settings
+from learnstream.core.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KEEP_RUNS = 3
@@ -392,7 +392,7 @@ class _Follower:
     def __init__(self, settings: Settings, ids: set[str], base_model: str, since_ms: int) -> None:
         from confluent_kafka import Consumer
 
-        from learnstream.kafka import consumer_config
+        from learnstream.core.kafka import consumer_config
         from schemas.topics import (
             DLQ,
             INTERACTIONS_SCORED,
@@ -755,7 +755,7 @@ def _pipeline(
     timeout: float,
 ) -> tuple[PipelineTally, list[tuple[Any, ...]]]:
     """Start the children, publish, follow the run to its result; the PostgreSQL rows."""
-    from learnstream.net import free_port
+    from learnstream.core.net import free_port
 
     port = free_port()
     web = f"http://127.0.0.1:{port}"

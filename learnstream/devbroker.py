@@ -143,7 +143,7 @@ def serve(
     With ``port`` the bootstrap address is ``127.0.0.1:<port>`` on every start (raises
     `PortInUseError` when it is taken); 0: whatever ports the mock cluster picks.
     """
-    from learnstream.signals import install_stop_handlers
+    from learnstream.core.signals import install_stop_handlers
 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -120,7 +120,7 @@ def republish(
     """Send each letter's original bytes and key back to its topic; returns how many were
     acknowledged (a truncated original, or one with nowhere to go, is skipped).
 
-    ``producer_conf``: `learnstream.kafka.reliable_producer_config` (acks=all, idempotent).
+    ``producer_conf``: `learnstream.core.kafka.reliable_producer_config` (acks=all, idempotent).
     """
     from confluent_kafka import Producer
 

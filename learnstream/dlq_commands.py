@@ -36,8 +36,8 @@ def _filters(f: Any) -> Any:
 
 def _letters(timeout: float, **filters: Any) -> list[Letter]:
     from learnstream.cli import broker_errors, librdkafka_logger
+    from learnstream.core.kafka import BrokerNotConfiguredError, client_config
     from learnstream.dlq import read_letters, select
-    from learnstream.kafka import BrokerNotConfiguredError, client_config
 
     settings = command_settings()
     try:
@@ -126,8 +126,8 @@ def dlq_republish(
     """
     if not (source or kind or stage or positions):
         raise click.UsageError("select letters: --source, --kind, --stage or --position")
+    from learnstream.core.kafka import reliable_producer_config
     from learnstream.dlq import republish, target_topic
-    from learnstream.kafka import reliable_producer_config
 
     letters = _letters(timeout, source=source, kind=kind, stage=stage, positions=positions)
     if dry_run:

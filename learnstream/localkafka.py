@@ -41,7 +41,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from learnstream.net import free_ports
+from learnstream.core.net import free_ports
 
 KAFKA_VERSION = "4.4.0"
 HOST = "127.0.0.1"

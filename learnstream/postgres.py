@@ -19,12 +19,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from learnstream.errors import ServiceUnavailableError
+from learnstream.core.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
     import psycopg
 
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 log = logging.getLogger("learnstream.postgres")
 

@@ -27,7 +27,7 @@ How it works:
   ``--force``. Where the broker cannot describe groups it says so and requires ``--force``.
 
 Dev-broker (librdkafka mock cluster) fallbacks, found by experiment with confluent-kafka 2.16;
-they run only under the mock's `learnstream.brokerprofile.BrokerProfile`:
+they run only under the mock's `learnstream.core.brokerprofile.BrokerProfile`:
 
 - DescribeGroups is not implemented (``_UNSUPPORTED_FEATURE``): membership cannot be checked,
   so a real run needs ``--force``.

@@ -21,12 +21,12 @@ import click
 from learnstream.cli_support import DELIVERY_TIMEOUT, SOURCE_OPTION, command_settings
 
 if TYPE_CHECKING:
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
     from learnstream.cli import librdkafka_logger
-    from learnstream.kafka import BrokerNotConfiguredError, client_config
+    from learnstream.core.kafka import BrokerNotConfiguredError, client_config
 
     try:
         conf = client_config(settings)
@@ -156,8 +156,8 @@ def replay(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    from learnstream.brokerprofile import profile_for
     from learnstream.cli import broker_errors, reach_broker
+    from learnstream.core.brokerprofile import profile_for
 
     settings = command_settings()
     conf = _kafka_config(settings)

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import EmbeddingSettings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import EmbeddingSettings
 
 if TYPE_CHECKING:
     import numpy as np

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import Settings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import Settings
 from schemas.base import SourceEvent
 from schemas.dlq import DeadLetter
 from schemas.errors import EventError

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from learnstream.errors import ResourceBusyError
-from learnstream.settings import Settings
+from learnstream.core.errors import ResourceBusyError
+from learnstream.core.settings import Settings
 from scorers.score import (
     NOVELTY_MIN_COSINE,
     NOVELTY_TOP_K,

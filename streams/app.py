@@ -19,10 +19,10 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
-from learnstream.brokerprofile import profile_for
-from learnstream.kafka import bootstrap_servers, client_config
-from learnstream.net import free_port
-from learnstream.settings import Settings
+from learnstream.core.brokerprofile import profile_for
+from learnstream.core.kafka import bootstrap_servers, client_config
+from learnstream.core.net import free_port
+from learnstream.core.settings import Settings
 from streams.context import StreamContext, build_context
 
 log = logging.getLogger("learnstream.worker")

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import Settings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import Settings
 from schemas.interaction import ScoredInteraction
 from scorers.stage import ScoringStage
 

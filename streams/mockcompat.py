@@ -20,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from learnstream.brokerprofile import BrokerProfile
+    from learnstream.core.brokerprofile import BrokerProfile
 
 log = logging.getLogger("learnstream.devbroker")
 

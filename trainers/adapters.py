@@ -38,7 +38,7 @@ from schemas.base import utcnow
 from schemas.training import TrainingResult
 
 if TYPE_CHECKING:
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 log = logging.getLogger("learnstream.trainers.adapters")
 

@@ -18,7 +18,7 @@ import click
 from learnstream.cli_support import command_settings
 
 if TYPE_CHECKING:
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
     from trainers.adapters import AdapterStore
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from learnstream.settings import TrainingSettings
+from learnstream.core.settings import TrainingSettings
 
 if TYPE_CHECKING:
     from trainers.data import Messages

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from learnstream.settings import TrainingSettings
+from learnstream.core.settings import TrainingSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

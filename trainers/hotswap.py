@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from learnstream.settings import TrainingSettings
+from learnstream.core.settings import TrainingSettings
 
 log = logging.getLogger("learnstream.trainers.hotswap")
 

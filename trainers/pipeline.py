@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from learnstream.settings import TrainingSettings
+from learnstream.core.settings import TrainingSettings
 from schemas.base import utcnow
 from schemas.training import TrainingResult, TrainingTrigger
 from trainers.adapters import AdapterStore, AdapterStoreError, JobRecord, version_name
@@ -46,7 +46,7 @@ from trainers.promote import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
     from trainers.data import Messages
 
 log = logging.getLogger("learnstream.trainers.pipeline")

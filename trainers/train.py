@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from learnstream.settings import TrainingSettings
+from learnstream.core.settings import TrainingSettings
 
 if TYPE_CHECKING:
     from peft import LoraConfig

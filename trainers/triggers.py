@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from learnstream.settings import TriggerSettings
+from learnstream.core.settings import TriggerSettings
 from schemas.base import UtcDatetime
 from schemas.interaction import Outcome, ScoredInteraction
 from schemas.pattern import LearnedPattern

@@ -33,7 +33,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from learnstream.summary import Summary
+from learnstream.core.summary import Summary
 from schemas.dlq import DeadLetter
 from schemas.errors import one_line
 from schemas.headers import json_headers
@@ -47,7 +47,7 @@ from streams.agents.outputs import Output, Outputs, dead_letter_outputs
 if TYPE_CHECKING:
     import faust
 
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
     from streams.context import StreamContext
 
 log = logging.getLogger("learnstream.score")
@@ -93,7 +93,7 @@ class EndOffsets:
         from confluent_kafka import TopicPartition
         from confluent_kafka.admin import AdminClient, OffsetSpec
 
-        from learnstream.kafka import client_config
+        from learnstream.core.kafka import client_config
 
         if self._admin is None:
             self._admin = AdminClient(client_config(self.settings))
@@ -236,7 +236,7 @@ class ScoreLoop:
         """The records ``[start, end)`` of each partition, read with a consumer of its own."""
         from confluent_kafka import Consumer, TopicPartition
 
-        from learnstream.kafka import client_config
+        from learnstream.core.kafka import client_config
 
         consumer = Consumer(
             client_config(

@@ -62,7 +62,7 @@ from trainers.triggers import (
 if TYPE_CHECKING:
     import faust
 
-    from learnstream.settings import Settings, TriggerSettings
+    from learnstream.core.settings import Settings, TriggerSettings
     from streams.context import StreamContext
 
 log = logging.getLogger("learnstream.triggers")

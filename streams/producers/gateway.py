@@ -40,9 +40,9 @@ from urllib.parse import unquote
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from learnstream.metrics import MetricSet
-from learnstream.settings import Settings
-from learnstream.summary import Summary
+from learnstream.core.metrics import MetricSet
+from learnstream.core.settings import Settings
+from learnstream.core.summary import Summary
 from schemas.base import Source
 from schemas.errors import EventError, one_line
 from schemas.parsing import parse_event, parse_source
@@ -459,7 +459,7 @@ def make_gateway(
 
 def serve_gateway(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM, then flush the producer and return."""
-    from learnstream.signals import configure_logging, process_lifecycle
+    from learnstream.core.signals import configure_logging, process_lifecycle
 
     configure_logging(settings)
     server = make_gateway(settings, host=host, port=port)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from learnstream.metrics import MetricSet
+from learnstream.core.metrics import MetricSet
 
 
 @dataclass(frozen=True)

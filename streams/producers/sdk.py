@@ -37,8 +37,8 @@ from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from learnstream.kafka import client_config
-from learnstream.settings import Settings
+from learnstream.core.kafka import client_config
+from learnstream.core.settings import Settings
 from schemas.base import SCHEMA_VERSION, Source, SourceEvent
 from schemas.dlq import DeadLetter
 from schemas.errors import EventError
@@ -185,7 +185,7 @@ class TelemetryProducer:
     ) -> None:
         from confluent_kafka import Producer
 
-        from learnstream.settings import load_settings
+        from learnstream.core.settings import load_settings
 
         self.settings = settings or load_settings()
         self.source = parse_source(str(source)) if source is not None else None

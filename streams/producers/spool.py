@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from learnstream.errors import ResourceBusyError
+from learnstream.core.errors import ResourceBusyError
 
 
 class SpoolLockedError(ResourceBusyError):

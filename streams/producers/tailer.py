@@ -43,9 +43,9 @@ from typing import IO, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import Settings
-from learnstream.signals import process_lifecycle
-from learnstream.summary import Summary
+from learnstream.core.settings import Settings
+from learnstream.core.signals import process_lifecycle
+from learnstream.core.summary import Summary
 from schemas.base import Source, SourceEvent
 from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from schemas.errors import EventError

@@ -17,7 +17,7 @@ import pytest
 from faust.types import Message
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import Settings, load_settings
+from learnstream.core.settings import Settings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.interaction import ScoredInteraction
 from schemas.pattern import LearnedPattern, Pattern

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 
 pytestmark = pytest.mark.integration
 

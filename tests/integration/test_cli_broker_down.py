@@ -18,7 +18,7 @@ import click
 import pytest
 
 from learnstream.cli import cli
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

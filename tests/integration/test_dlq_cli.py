@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from learnstream.cli import cli
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from schemas import parse_event
 from streams.producers import TelemetryProducer
 from tests.integration.conftest import BrokerUnderTest

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from extractors.stage import ExtractionStage
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from scorers.embeddings import Embedder
 from scorers.vectors import ensure_collections, qdrant_client
 from tests.unit.test_extract_support import candidate

@@ -21,7 +21,7 @@ from extractors.fakellm import FakeChatServer
 from extractors.heuristic import heuristic_pattern
 from extractors.stage import ExtractionStage, dataset_path
 from extractors.store import PatternStore, feedback_marker, pattern_point_id
-from learnstream.settings import EmbeddingSettings, Settings, load_settings
+from learnstream.core.settings import EmbeddingSettings, Settings, load_settings
 from schemas.interaction import Outcome
 from schemas.pattern import Pattern
 from scorers.embeddings import Embedder

@@ -13,7 +13,7 @@ from qdrant_client import QdrantClient
 
 from extractors.dataset import stats
 from extractors.stage import ExtractionStage, dataset_path, refusals_path
-from learnstream.settings import EmbeddingSettings, load_settings
+from learnstream.core.settings import EmbeddingSettings, load_settings
 from scorers.embeddings import Embedder
 from tests.unit.test_extract_support import RESPONSE, candidate
 

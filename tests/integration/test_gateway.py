@@ -23,8 +23,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from learnstream.net import free_port
-from learnstream.settings import load_settings
+from learnstream.core.net import free_port
+from learnstream.core.settings import load_settings
 from schemas import SCHEMA_VERSION, Source
 from streams.producers.gateway import GatewayServer, make_gateway
 from tests.integration.conftest import BrokerUnderTest

@@ -24,8 +24,8 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
+from learnstream.core.settings import load_settings
 from learnstream.postgres import connect
-from learnstream.settings import load_settings
 from streams.producers import TelemetryProducer
 from tests.integration.conftest import BrokerUnderTest
 from tests.integration.workers import (
@@ -651,7 +651,7 @@ def test_llm_down_then_slow_every_candidate_learned_once(
     past the client's timeout): every high-value interaction is still learned exactly once
     (the heuristic stands in while the circuit is open), and the LLM takes over again."""
     from extractors.fakellm import FakeChatServer, Reply
-    from learnstream.net import free_port
+    from learnstream.core.net import free_port
 
     bootstrap = own_broker.bootstrap_servers
     run = uuid.uuid4().hex[:8]

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, PartitionMetadata
 
 from learnstream import localkafka as lk
-from learnstream.kafka import MOCK_CLUSTER_PREFIX
+from learnstream.core.kafka import MOCK_CLUSTER_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 from tests.integration.conftest import BrokerUnderTest
 from tests.integration.workers import WorkerProcess, wait_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from schemas import Source, parse_event
 from schemas.events.ralph import RalphEvent
 from streams.producers import TelemetryProducer

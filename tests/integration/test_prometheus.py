@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 from tests.conftest import EXAMPLES
 from tests.integration.conftest import BrokerUnderTest
 from tests.integration.workers import WorkerProcess, wait_for

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from learnstream.settings import TrainingSettings, load_settings
+from learnstream.core.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import FAST, TOPICS, build_tiny_model, write_dataset
 from trainers.adapters import AdapterStore

@@ -88,7 +88,7 @@ def test_a_process_killed_with_minus_9_leaves_no_postmaster_behind() -> None:
     code = (
         "import sys, time\n"
         "from learnstream.postgres import embedded_url\n"
-        "from learnstream.settings import load_settings\n"
+        "from learnstream.core.settings import load_settings\n"
         "print(embedded_url(load_settings(postgres={'dir': sys.argv[1]})), flush=True)\n"
         "time.sleep(float(sys.argv[2]))\n"
     )

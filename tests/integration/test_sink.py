@@ -25,8 +25,8 @@ from psycopg.rows import dict_row
 from consumers.migrate import Migration, MigrationError, applied_versions, load_migrations, migrate
 from consumers.sink_rows import row_from_scored, row_json, upsert_batch, upsert_rows_one_by_one
 from consumers.telemetry_sink import TelemetrySink
+from learnstream.core.settings import Settings
 from learnstream.postgres import connect, postgres_url
-from learnstream.settings import Settings
 from schemas.interaction import FactorScores, Interaction, ScoredInteraction, ScoreWeights
 from schemas.topics import DLQ, INTERACTIONS_SCORED
 from tests.integration.kafka_helpers import consume

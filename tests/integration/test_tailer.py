@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from schemas import parse_event
 from streams.producers.ids import derive_event_id, file_identity
 from streams.producers.tailer import Checkpoint, TailerStats, checkpoint_path, run_tailers

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import Settings, TrainingSettings, load_settings
+from learnstream.core.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import FAST, RecordingServer, build_tiny_model, write_dataset
 from trainers.adapters import AdapterStore

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from consumers.trainer import run_trainer
-from learnstream.settings import TrainingSettings, load_settings
+from learnstream.core.settings import TrainingSettings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 
 
 class WorkerProcess:

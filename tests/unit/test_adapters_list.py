@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from trainers.adapters import AdapterStore
 from trainers.commands import adapters, registered_base_models
 

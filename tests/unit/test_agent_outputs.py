@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from learnstream.settings import TriggerSettings
+from learnstream.core.settings import TriggerSettings
 from schemas.dlq import DeadLetter
 from schemas.pattern import LearnedPattern, Pattern
 from schemas.topics import (

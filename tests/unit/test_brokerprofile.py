@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from learnstream.brokerprofile import KAFKA, MOCK, profile_for
-from learnstream.kafka import client_config, consumer_config
-from learnstream.settings import Settings, SettingsError, load_settings
+from learnstream.core.brokerprofile import KAFKA, MOCK, profile_for
+from learnstream.core.kafka import client_config, consumer_config
+from learnstream.core.settings import Settings, SettingsError, load_settings
 
 
 def _settings(tmp_path: Path, dev: bool) -> Settings:

@@ -218,7 +218,7 @@ def test_a_quiet_command_gives_the_sdk_its_log_level_back() -> None:
     import logging
 
     from learnstream.cli_support import quiet_producer_log
-    from learnstream.settings import load_settings
+    from learnstream.core.settings import load_settings
 
     logger = logging.getLogger("learnstream.producer")
     before = logger.level

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from learnstream.net import free_port
+from learnstream.core.net import free_port
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:

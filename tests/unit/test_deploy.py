@@ -24,7 +24,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from learnstream.settings import GatewaySettings, Settings, WorkerSettings, env_name, load_settings
+from learnstream.core.settings import (
+    GatewaySettings,
+    Settings,
+    WorkerSettings,
+    env_name,
+    load_settings,
+)
 from schemas.topics import TOPICS
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses the deploy manifests")
@@ -185,7 +191,7 @@ def registered_metric_names() -> set[str]:
     from consumers.telemetry_sink import SinkMetrics
     from consumers.trainer import TrainerMetrics
     from extractors.metrics import ExtractMetrics
-    from learnstream.metrics import StreamMetrics
+    from learnstream.core.metrics import StreamMetrics
     from streams.producers.gateway import GatewayMetrics
     from streams.producers.metrics import ProducerMetrics
     from trainers.metrics import TrainingMetrics
@@ -308,7 +314,7 @@ def test_every_learnstream_variable_is_a_setting() -> None:
             if star or name == "LEARNSTREAM_":  # a pattern: LEARNSTREAM_TRAINING__*, _SSL_*_...
                 assert any(v.startswith(name) for v in valid), f"{where}: {name}* matches nothing"
             else:
-                assert name in valid, f"{where}: {name} is not a field of learnstream.settings"
+                assert name in valid, f"{where}: {name} is not a field of learnstream.core.settings"
     assert {
         "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS",
         "LEARNSTREAM_POSTGRES__URL",

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import EmbeddingSettings, load_settings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import EmbeddingSettings, load_settings
 from scorers.embeddings import Embedder
 from scorers.stage import RawRecord, ScoringStage
 from scorers.vectors import VectorLookups, ensure_collections, qdrant_client

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from extractors.stage import dataset_path
-from learnstream.settings import SettingsError, load_settings
+from learnstream.core.settings import SettingsError, load_settings
 
 
 def test_defaults_are_heuristic_only() -> None:

@@ -22,8 +22,8 @@ from extractors.llm import (
     parse_pattern_fields,
 )
 from extractors.metrics import ExtractMetrics
-from learnstream.net import free_port
-from learnstream.settings import ExtractSettings
+from learnstream.core.net import free_port
+from learnstream.core.settings import ExtractSettings
 from tests.unit.test_extract_support import candidate
 
 GOOD = json.dumps(

@@ -22,7 +22,7 @@ from extractors.gate import (
 )
 from extractors.llm import NoPattern, parse_pattern_fields
 from extractors.metrics import ExtractMetrics
-from learnstream.settings import ExtractSettings
+from learnstream.core.settings import ExtractSettings
 from tests.unit.test_extract_support import RESPONSE, candidate
 
 

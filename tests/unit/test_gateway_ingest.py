@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from schemas import Source
 from streams.producers.gateway import GatewayIngest, HttpError, route_of, split_events
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from learnstream.metrics import StreamMetrics
-from learnstream.settings import load_settings
+from learnstream.core.metrics import StreamMetrics
+from learnstream.core.settings import load_settings
 from schemas import Source
 from schemas.base import SourceEvent
 from schemas.dlq import BROKER_MESSAGE_MAX_BYTES, DEAD_LETTER_MAX_BYTES, DeadLetter

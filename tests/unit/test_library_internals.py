@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from learnstream.errors import ResourceBusyError
-from learnstream.settings import Settings, load_settings
+from learnstream.core.errors import ResourceBusyError
+from learnstream.core.settings import Settings, load_settings
 from scorers.vectors import INTERACTIONS, ensure_collections, is_local, qdrant_client
 from scorers.vectors import tune_local_storage as tune
 

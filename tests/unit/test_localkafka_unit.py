@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from learnstream import localkafka as lk
 from learnstream.cli import cli
+from learnstream.core.kafka import _reachable, is_dev_broker
+from learnstream.core.settings import load_settings
 from learnstream.devbroker import write_record
-from learnstream.kafka import _reachable, is_dev_broker
-from learnstream.settings import load_settings
 
 
 def _script(path: Path, body: str) -> Path:

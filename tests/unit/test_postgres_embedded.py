@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from learnstream import postgres
-from learnstream.errors import ServiceUnavailableError
+from learnstream.core.errors import ServiceUnavailableError
 
 
 def _no_user(monkeypatch: pytest.MonkeyPatch, created: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from learnstream.cli import cli
-from learnstream.settings import SettingsError, load_settings
+from learnstream.core.settings import SettingsError, load_settings
 
 
 def test_documented_variable_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_cli_fails_at_start_on_invalid_settings(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_security_options_are_passed_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from learnstream.kafka import client_config
+    from learnstream.core.kafka import client_config
 
     monkeypatch.setenv("LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS", "broker:9093")
     monkeypatch.setenv("LEARNSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")

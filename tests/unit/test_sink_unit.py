@@ -28,8 +28,8 @@ from consumers.telemetry_sink import (
     row_from_scored,
     row_json,
 )
+from learnstream.core.settings import Settings
 from learnstream.postgres import redact
-from learnstream.settings import Settings
 from schemas.interaction import FactorScores, Interaction, ScoredInteraction, ScoreWeights
 from tests.fakes import FakeConsumer, FakeMessage, FakeTP
 

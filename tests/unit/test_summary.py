@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from learnstream.summary import Summary
+from learnstream.core.summary import Summary
 
 
 class Clock:

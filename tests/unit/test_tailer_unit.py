@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from learnstream.settings import load_settings
+from learnstream.core.settings import load_settings
 from schemas.base import Source, SourceEvent
 from schemas.dlq import DEAD_LETTER_MAX_BYTES
 from streams.producers.ids import derive_event_id, file_identity

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import Settings, TrainingSettings, load_settings
+from learnstream.core.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason
 from tests.tinymodel import write_dataset
 from trainers.adapters import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learnstream.settings import SettingsError, load_settings
+from learnstream.core.settings import SettingsError, load_settings
 
 
 def test_training_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

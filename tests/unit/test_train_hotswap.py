@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from learnstream.settings import TrainingSettings, load_settings
+from learnstream.core.settings import TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import RecordingServer
 from trainers.adapters import AdapterStore, JobRecord

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 import trainers.evaluate
 import trainers.train
-from learnstream.settings import Settings, TrainingSettings, load_settings
+from learnstream.core.settings import Settings, TrainingSettings, load_settings
 from schemas.training import TrainingTrigger, TriggerReason
 from tests.tinymodel import TOPICS, write_dataset
 from trainers.adapters import AdapterStore

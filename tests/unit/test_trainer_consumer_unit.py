@@ -28,7 +28,7 @@ from consumers.trainer import (
     run_trainer,
     stored_result,
 )
-from learnstream.settings import Settings, load_settings
+from learnstream.core.settings import Settings, load_settings
 from schemas.dlq import DeadLetter
 from schemas.topics import DLQ, TRAINING_RESULTS, TRAINING_TRIGGERS
 from schemas.training import TrainingResult, TrainingTrigger, TriggerReason

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from learnstream.settings import TriggerSettings
+from learnstream.core.settings import TriggerSettings
 from schemas.interaction import Outcome
 from schemas.pattern import LearnedPattern, Pattern
 from schemas.training import TrainingResult, TriggerReason
@@ -217,7 +217,7 @@ def test_results_are_stamped_with_the_time_they_arrive() -> None:
 def test_mutating_endpoints_need_the_token_or_loopback() -> None:
     from pydantic import SecretStr
 
-    from learnstream.settings import load_settings
+    from learnstream.core.settings import load_settings
     from streams.agents.triggers import refuse_mutation
 
     assert load_settings().worker.web_bind == "127.0.0.1"

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from learnstream.settings import Settings
+    from learnstream.core.settings import Settings
 
 MOCK_DEFAULT_PARTITIONS = 4
 
@@ -79,7 +79,7 @@ MOCK = BrokerProfile(
 
 
 def profile_for(settings: Settings) -> BrokerProfile:
-    """The profile of the broker ``settings`` point at (`learnstream.kafka.is_dev_broker`)."""
-    from learnstream.kafka import is_dev_broker
+    """The profile of the broker ``settings`` point at (`learnstream.core.kafka.is_dev_broker`)."""
+    from learnstream.core.kafka import is_dev_broker
 
     return MOCK if is_dev_broker(settings) else KAFKA

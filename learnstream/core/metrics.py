@@ -18,7 +18,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from learnstream.settings import Settings
+from learnstream.core.settings import Settings
 
 log = logging.getLogger("learnstream.metrics")
 T = TypeVar("T")

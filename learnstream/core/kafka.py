@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from learnstream.settings import Settings
+from learnstream.core.settings import Settings
 
 
 class BrokerNotConfiguredError(RuntimeError):
@@ -118,7 +118,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
     }
-    from learnstream.brokerprofile import profile_for
+    from learnstream.core.brokerprofile import profile_for
 
     conf.update(profile_for(settings).consumer_overrides)
     conf.update(settings.kafka.consumer_extra)
