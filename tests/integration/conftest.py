@@ -3,6 +3,7 @@ Qdrant (local mode)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -143,26 +144,44 @@ def local_kafka(kafka_broker: BrokerUnderTest) -> BrokerUnderTest:
     return kafka_broker
 
 
+@contextlib.contextmanager
+def _broker_of_its_own(kafka_broker: BrokerUnderTest, folder: Path) -> Iterator[BrokerUnderTest]:
+    if kafka_broker.kind == "external":
+        yield kafka_broker
+    elif kafka_broker.kind == "kafka":
+        kafka = _start_local_kafka(folder / "own-kafka")
+        try:
+            yield BrokerUnderTest(kafka.bootstrap_servers, "kafka", folder / "own-kafka", kafka)
+        finally:
+            kafka.stop()
+    else:
+        mock = DevBrokerProcess(folder / "own-mock")
+        try:
+            yield BrokerUnderTest(mock.bootstrap_servers, "mock", folder / "own-mock")
+        finally:
+            mock.stop()
+
+
 @pytest.fixture
 def own_broker(kafka_broker: BrokerUnderTest, tmp_path: Path) -> Iterator[BrokerUnderTest]:
     """A broker of this test's own, of the session broker's kind, for tests whose records
     must not meet other tests' (or whose broker is killed): a fresh one-node local Kafka, or
     a fresh mock cluster. On an external cluster, that cluster (nothing else can be started).
+
+    Tests whose records are not unique to the run (the example files) and tests that read the
+    registry's topics from the start need one: a worker reads the shared topics from the start.
     """
-    if kafka_broker.kind == "external":
-        yield kafka_broker
-    elif kafka_broker.kind == "kafka":
-        kafka = _start_local_kafka(tmp_path / "own-kafka")
-        try:
-            yield BrokerUnderTest(kafka.bootstrap_servers, "kafka", tmp_path / "own-kafka", kafka)
-        finally:
-            kafka.stop()
-    else:
-        mock = DevBrokerProcess(tmp_path / "own-mock")
-        try:
-            yield BrokerUnderTest(mock.bootstrap_servers, "mock", tmp_path / "own-mock")
-        finally:
-            mock.stop()
+    with _broker_of_its_own(kafka_broker, tmp_path) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def module_broker(
+    kafka_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerUnderTest]:
+    """`own_broker` for a whole test module (a module-scoped worker on it)."""
+    with _broker_of_its_own(kafka_broker, tmp_path_factory.mktemp("module-broker")) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")

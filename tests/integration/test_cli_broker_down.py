@@ -66,6 +66,7 @@ NO_BROKER = {
     "adapters show",
     "adapters activate",
     "adapters rollback",
+    "db",  # PostgreSQL: the embedded one or LEARNSTREAM_POSTGRES__URL
 }
 
 

@@ -59,10 +59,11 @@ def _event(n: int, query: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def worker(
-    kafka_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
+    module_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
+    # A broker of its own: the pipeline tests' workers read the shared topics from the start.
     w = WorkerProcess(
-        kafka_broker.bootstrap_servers,
+        module_broker.bootstrap_servers,
         tmp_path_factory.mktemp("patterns-cli"),
         app_id=f"patterns-cli-{RUN}",
         LEARNSTREAM_BASE_MODEL=f"patterns-cli-{RUN}",
@@ -97,9 +98,9 @@ def _cli(data_dir: Path, port: int, *args: str, **env: str) -> subprocess.Comple
 
 
 def test_patterns_search_and_top_while_the_worker_runs_and_after(
-    kafka_broker: BrokerUnderTest, worker: WorkerProcess, tmp_path: Path
+    module_broker: BrokerUnderTest, worker: WorkerProcess, tmp_path: Path
 ) -> None:
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    producer = Producer({"bootstrap.servers": module_broker.bootstrap_servers})
     for n, query in enumerate(QUERIES):
         event = _event(n, query)
         producer.produce("telemetry.ralph", json.dumps(event).encode(), key=event["task_id"])

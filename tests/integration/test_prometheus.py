@@ -203,11 +203,12 @@ def _produce_raw(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
 
 @pytest.fixture
 def pipeline(
-    kafka_broker: BrokerUnderTest, postgres_url: str, tmp_path: Path
+    own_broker: BrokerUnderTest, postgres_url: str, tmp_path: Path
 ) -> Iterator[dict[str, Any]]:
-    """The pipeline's processes, each serving /metrics on a port of its own."""
+    """The pipeline's processes, each serving /metrics on a port of its own, on a broker of
+    their own (the example files it sends must not reach the other tests' workers)."""
     binary = prometheus_binary()
-    bootstrap = kafka_broker.bootstrap_servers
+    bootstrap = own_broker.bootstrap_servers
     model = str(build_tiny_model(tmp_path / "model"))
     data = tmp_path / "data"  # shared by the worker (writes the dataset) and the trainer
     logs = tmp_path / "logs"
