@@ -46,20 +46,32 @@ def _learnstream(
     )
 
 
-# The first test to ask for `demo_twice` waits for two whole demo runs (about 80 s each on
-# 2 idle cores, more under load).
-DEMO_TWICE_TIMEOUT = 1200
+# The first test to ask for `demo_twice` waits for three demo runs (about 80 s each on 2 idle
+# cores, more under load): one, then two at once.
+DEMO_TWICE_TIMEOUT = 1500
 
 
 @pytest.fixture(scope="module")
 def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    """Two `learnstream demo` runs, one right after the other, on one data dir."""
+    """`learnstream demo` on one data dir: one run, then right after it two runs at once."""
     data_dir = tmp_path_factory.mktemp("demo")
-    outputs = []
-    for _ in range(2):
-        out = _learnstream(_user_env(data_dir), "demo", timeout=600)
-        assert out.returncode == 0, out.stdout + out.stderr
-        outputs.append(out.stdout)
+    first = _learnstream(_user_env(data_dir), "demo", timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "learnstream", "demo"],
+            env=_user_env(data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [first.stdout]
+    for proc in both:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out + err
+        outputs.append(out)
     return data_dir, outputs
 
 
@@ -134,15 +146,16 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(demo_twice: tuple[Path, l
 
 @pytest.mark.slow
 @pytest.mark.timeout(DEMO_TWICE_TIMEOUT)
-def test_a_second_demo_right_after_the_first_trains_again(
+def test_a_second_demo_right_after_the_first_and_two_at_once_train_again(
     demo_twice: tuple[Path, list[str]],
 ) -> None:
-    data_dir, (first, second) = demo_twice
-    _check_run(second)  # learned again, triggered and trained: nothing deduplicated it
-    runs = [_run_dir(first), _run_dir(second)]
-    assert runs[0] != runs[1] and all(run.parent == data_dir / "demo" for run in runs)
-    assert (data_dir / "demo" / "latest").resolve() == runs[1].resolve()
-    assert runs[0].exists()  # the previous run's state is kept
+    data_dir, (first, *concurrent) = demo_twice
+    for text in concurrent:  # learned again, triggered and trained: nothing deduplicated it
+        _check_run(text)
+    runs = [_run_dir(first), *(_run_dir(text) for text in concurrent)]
+    assert len(set(runs)) == 3 and all(run.parent == data_dir / "demo" for run in runs)
+    assert (data_dir / "demo" / "latest").resolve() in {run.resolve() for run in runs[1:]}
+    assert all(run.exists() for run in runs)  # the last 3 runs' states are kept
 
 
 @pytest.mark.slow
@@ -216,13 +229,13 @@ def test_db_command_queries_the_demo_database(demo_twice: tuple[Path, list[str]]
 def test_adapters_list_shows_the_demo_adapters_without_base_model(
     demo_twice: tuple[Path, list[str]],
 ) -> None:
-    data_dir, (_, second) = demo_twice
-    out = _learnstream(
-        _user_env(data_dir), "--data-dir", str(data_dir / "demo" / "latest"), "adapters", "list"
-    )
+    data_dir, outputs = demo_twice
+    latest = (data_dir / "demo" / "latest").resolve()
+    (text,) = [t for t in outputs if _run_dir(t).resolve() == latest]
+    out = _learnstream(_user_env(data_dir), "--data-dir", str(latest), "adapters", "list")
     assert out.returncode == 0, out.stdout + out.stderr
-    base = re.search(r"base model: a tiny causal LM built locally in (\S+)", second)
-    assert base, second
+    base = re.search(r"base model: a tiny causal LM built locally in (\S+)", text)
+    assert base, text
     assert f"base model {base[1]} (" in out.stdout, out.stdout
     assert re.search(r"^[* ] v0001 .* (promoted|rejected)$", out.stdout, re.M), out.stdout
 
