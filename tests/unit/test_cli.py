@@ -120,22 +120,22 @@ def test_a_dead_broker_is_one_line_within_the_timeout(args: list[str], tmp_path:
     assert took < 1 + 8, took  # bounded by --timeout (plus interpreter start), not 10 s or 20
 
 
-def test_a_missing_extra_is_named_not_a_traceback(tmp_path: Path) -> None:
-    """`learnstream worker` on a base install (faust hidden here) names the extra to install."""
+def _without(module: str, tmp_path: Path, *args: str) -> list[str]:
+    """stderr lines of ``learnstream ARGS`` with ``module`` unimportable (as if not installed)."""
     import os
 
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    # A `faust` that cannot be imported, first on the path: as if it were not installed.
-    (shadow / "faust.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'faust'\", name='faust')\n"
+    # A module that cannot be imported, first on the path.
+    (shadow / f"{module}.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
     env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
     env["LEARNSTREAM_DATA_DIR"] = str(tmp_path / "data")
     env["LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
     out = subprocess.run(
-        [sys.executable, "-m", "learnstream", "worker"],
+        [sys.executable, "-m", "learnstream", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -143,8 +143,13 @@ def test_a_missing_extra_is_named_not_a_traceback(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
+    return out.stderr.strip().splitlines()
+
+
+def test_a_missing_extra_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`learnstream worker` on a base install (faust hidden here) names the extra to install."""
+    lines = _without("faust", tmp_path, "worker")
+    assert len(lines) == 1, lines
     assert "'faust'" in lines[0] and 'pip install "learnstream[stream]"' in lines[0]
 
 
@@ -188,28 +193,8 @@ def test_sigterm_while_a_worker_starts_is_a_clean_exit(tmp_path: Path) -> None:
 
 def test_the_gateway_names_its_extra_when_uvicorn_is_missing(tmp_path: Path) -> None:
     """`learnstream gateway` without the gateway extra (uvicorn hidden) names the extra."""
-    import os
-
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "uvicorn.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'uvicorn'\", name='uvicorn')\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNSTREAM_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
-    env["LEARNSTREAM_DATA_DIR"] = str(tmp_path / "data")
-    env["LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
-    out = subprocess.run(
-        [sys.executable, "-m", "learnstream", "gateway", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 1
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
+    lines = _without("uvicorn", tmp_path, "gateway", "--port", "0")
+    assert len(lines) == 1, lines
     assert "'uvicorn'" in lines[0] and 'pip install "learnstream[gateway]"' in lines[0]
 
 
