@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -35,6 +34,7 @@ from confluent_kafka import Producer
 from learnstream.core.net import free_port
 from tests.conftest import EXAMPLES
 from tests.integration.conftest import BrokerUnderTest
+from tests.integration.workers import Service as LearnstreamService
 from tests.integration.workers import WorkerProcess, wait_for
 from tests.tinymodel import RecordingServer, build_tiny_model, write_dataset
 from tests.unit.test_deploy import EXTERNAL_METRICS, dashboard_exprs, promql_metric_names
@@ -78,32 +78,12 @@ def prometheus_binary() -> str:
     return path
 
 
-class Service:
-    """`learnstream ARGS` as a subprocess, logging to a file; SIGTERM on stop."""
+class Service(LearnstreamService):
+    """`learnstream ARGS` as a subprocess, logging to ``logs/<name>.log``; SIGTERM on stop."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
         self.name = name
-        self.log_path = logs / f"{name}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "learnstream", *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+        super().__init__(args, env, logs / f"{name}.log")
 
 
 class Prometheus:

@@ -106,21 +106,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Sink:
-    """`learnstream sink` in ``group``, writing to the session's PostgreSQL."""
+class Service:
+    """`learnstream ARGS` as a subprocess, logging to ``log``; SIGTERM on stop."""
 
-    def __init__(self, bootstrap: str, pg_url: str, group: str, log: Path, **env: str) -> None:
-        env = {
-            **os.environ,
-            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "LEARNSTREAM_POSTGRES__URL": pg_url,
-            "LEARNSTREAM_DATA_DIR": str(log.parent / f"{log.stem}-data"),
-            **env,
-        }
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log_path = log
-        self._log = open(log, "ab")  # noqa: SIM115
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "learnstream", "sink", "--group", group],
+            [sys.executable, "-m", "learnstream", *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -143,6 +136,20 @@ class Sink:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class Sink(Service):
+    """`learnstream sink` in ``group``, writing to the session's PostgreSQL."""
+
+    def __init__(self, bootstrap: str, pg_url: str, group: str, log: Path, **env: str) -> None:
+        env = {
+            **os.environ,
+            "LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "LEARNSTREAM_POSTGRES__URL": pg_url,
+            "LEARNSTREAM_DATA_DIR": str(log.parent / f"{log.stem}-data"),
+            **env,
+        }
+        super().__init__(["sink", "--group", group], env, log)
 
 
 def fault_report(
