@@ -106,12 +106,14 @@ pass_ctx = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, data_dir: Path | None) -> None:
     """learnstream: turn AI developer-tool telemetry into better models, continuously."""
     import signal
+    import threading
 
     from learnstream.core.signals import raise_on_sigterm
 
     # Until a command installs its own handlers (a worker's take seconds of imports), SIGTERM
     # raises in the main thread: `finally` blocks run and the exit code is 143, not a kill.
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         raise_on_sigterm()
     ctx.obj = Context({"data_dir": data_dir})
 

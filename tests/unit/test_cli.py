@@ -210,3 +210,16 @@ def test_a_quiet_command_gives_the_sdk_its_log_level_back() -> None:
     with quiet_producer_log(load_settings()):
         assert logger.level == logging.ERROR
     assert logger.level == before
+
+
+def test_the_cli_runs_in_a_thread_other_than_the_main_one() -> None:
+    """A tool calling the CLI from a worker thread: no signal set-up there (it would raise)."""
+    import threading
+
+    results: list[int] = []
+    thread = threading.Thread(
+        target=lambda: results.append(CliRunner().invoke(cli, ["config", "--help"]).exit_code)
+    )
+    thread.start()
+    thread.join(30)
+    assert results == [0]
