@@ -222,6 +222,10 @@ def postgres_url() -> Iterator[str]:
         warnings.simplefilter("ignore")
         import pgserver
 
+    if os.geteuid() == 0:  # pgserver's own useradd fails when another session adds it first
+        from learnstream.postgres import _prepare_root_user
+
+        _prepare_root_user(dict(os.environ))
     folder = Path(tempfile.mkdtemp(prefix="lspg")) / "pg"
     server = pgserver.get_server(folder, cleanup_mode="stop")
     try:
