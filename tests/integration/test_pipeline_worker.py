@@ -1,7 +1,9 @@
-"""The worker's later stages on the dev broker: extract, pattern feedback, triggers, HTTP API.
+"""The worker's later stages: extract, pattern feedback, triggers, HTTP API.
 
-One worker with its own base model name (so its improvement state is its own on the shared
-broker), low trigger thresholds and the heuristic extractor.
+One worker with its own base model name, low trigger thresholds and the heuristic extractor,
+on a broker of this module's own (`module_broker`): the worker reads the registry's topics from
+the start, so on the session broker it would first work through whatever the tests before it
+(a different set on each xdist worker) left there.
 """
 
 from __future__ import annotations
@@ -97,10 +99,10 @@ def _wait(predicate: Any, timeout: float, what: str, worker: WorkerProcess) -> A
 
 @pytest.fixture(scope="module")
 def worker(
-    kafka_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
+    module_broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     w = WorkerProcess(
-        kafka_broker.bootstrap_servers,
+        module_broker.bootstrap_servers,
         tmp_path_factory.mktemp("pipeline"),
         app_id=f"pipeline-{RUN}",
         LEARNSTREAM_BASE_MODEL=BASE_MODEL,
@@ -123,9 +125,9 @@ def _ours(kind: str) -> Any:
 
 
 def test_candidates_become_patterns_dataset_rows_and_one_trigger(
-    kafka_broker: BrokerUnderTest, worker: WorkerProcess
+    module_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
+    bootstrap = module_broker.bootstrap_servers
     events = [_high_value(n, q) for n, q in enumerate(QUERIES)]
     _produce(
         bootstrap,
@@ -147,8 +149,7 @@ def test_candidates_become_patterns_dataset_rows_and_one_trigger(
     assert all(r.key == r.json()["pattern"]["pattern_id"].encode() for r in learned)
 
     dataset = worker.data_dir / "dataset" / "dataset.jsonl"
-    # Only this test's examples: the worker reads the shared topics from the start, and
-    # whatever other tests left there is learned too.
+    # Only this test's examples (another test of this module may have added its own).
     lines = _wait(
         lambda: dataset.exists() and [x for x in dataset.read_text().splitlines() if RUN in x],
         30,
@@ -258,9 +259,9 @@ def test_candidates_become_patterns_dataset_rows_and_one_trigger(
 
 
 def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
-    kafka_broker: BrokerUnderTest, worker: WorkerProcess
+    module_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
-    bootstrap = kafka_broker.bootstrap_servers
+    bootstrap = module_broker.bootstrap_servers
     candidates = consume(
         bootstrap,
         ["patterns.candidates"],
@@ -316,11 +317,11 @@ def test_replaying_candidates_changes_nothing_and_feedback_updates_patterns(
 
 
 def test_improvement_state_survives_a_worker_restart_without_new_triggers(
-    kafka_broker: BrokerUnderTest, worker: WorkerProcess
+    module_broker: BrokerUnderTest, worker: WorkerProcess
 ) -> None:
     path = f"/api/v1/improvement/status?base_model={BASE_MODEL}"
     learned = consume(
-        kafka_broker.bootstrap_servers,
+        module_broker.bootstrap_servers,
         ["patterns.learned"],
         keep=_ours("learned"),
         until=lambda kept: len(kept) >= len(QUERIES),
@@ -336,13 +337,13 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
         worker,
     )
     assert worker.stop() == 0, worker.log()[-3000:]
-    if kafka_broker.kind == "kafka":
+    if module_broker.kind == "kafka":
         # Faust declared its table's changelog itself (topic_allow_declare): compacted, so the
         # state it recovers from below is the latest value per key, kept forever.
         from confluent_kafka.admin import AdminClient, ConfigResource
 
         changelog = f"pipeline-{RUN}-improvement-changelog"
-        admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap_servers})
+        admin = AdminClient({"bootstrap.servers": module_broker.bootstrap_servers})
         (future,) = admin.describe_configs([ConfigResource("topic", changelog)]).values()
         config = {k: v.value for k, v in future.result(15).items()}
         assert config["cleanup.policy"] == "compact", config
@@ -351,7 +352,7 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
 
     # Same group, same data dir: the table is recovered from its changelog topic.
     again = WorkerProcess(
-        kafka_broker.bootstrap_servers,
+        module_broker.bootstrap_servers,
         worker.data_dir,
         app_id=f"pipeline-{RUN}",
         LEARNSTREAM_BASE_MODEL=BASE_MODEL,
@@ -368,7 +369,7 @@ def test_improvement_state_survives_a_worker_restart_without_new_triggers(
         assert after["pending_trigger_id"] == before["pending_trigger_id"]
         time.sleep(6)  # a few timer ticks
         triggers = consume(
-            kafka_broker.bootstrap_servers,
+            module_broker.bootstrap_servers,
             ["training.triggers"],
             keep=_ours("trigger"),
             until=lambda kept: False,

@@ -230,6 +230,18 @@ def metric_sum(worker: WorkerProcess, name: str, **labels: str) -> float:
     return total
 
 
+def state_of(worker: WorkerProcess) -> str:
+    """The worker's watermark, consumer and stream gauges, for a failure's message."""
+    try:
+        page = worker.metrics()
+    except OSError as exc:
+        return f"(no /metrics: {exc})"
+    keep = ("learnstream_watermark", "learnstream_events_consumed", "learnstream_late_events")
+    return "; ".join(
+        line for line in page.splitlines() if line.startswith(keep) and "_bucket" not in line
+    )
+
+
 def replay_to_start(bootstrap: str, group: str) -> None:
     args = [sys.executable, "-m", "learnstream", "replay", "--group", group, "--to-start"]
     for topic in TELEMETRY:
@@ -254,6 +266,10 @@ def test_replaying_the_worker_group_from_the_start_changes_no_score(
     # history look-ups, and a backfill of its topics reads nothing but its corpus.
     bootstrap = own_broker.bootstrap_servers
     monkeypatch.setenv("LEARNSTREAM_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+    # A failure's message shows the workers' INFO log: rebalances, held events dropped, and a
+    # summary line (scored, held, acks waiting) every 5 s.
+    monkeypatch.setenv("LEARNSTREAM_TEST_WORKER_LOGLEVEL", "info")
+    monkeypatch.setenv("LEARNSTREAM_SUMMARY_INTERVAL_S", "5")
     partitions = telemetry_partitions(bootstrap)
     steady, lagged = corpus(0, partitions), corpus(1, partitions)
     ids = {ev["event_id"] for _, _, ev in steady + lagged}
@@ -297,7 +313,7 @@ def test_replaying_the_worker_group_from_the_start_changes_no_score(
                 behind = sorted(i for i in ids if counts[i] <= mark[i])
                 raise AssertionError(
                     f"{exc}; {len(behind)} of {len(ids)} not re-scored, e.g. {behind[:5]}; "
-                    f"worker: {worker.log()[-2500:]}"
+                    f"worker's gauges: {state_of(worker)}; worker: {worker.log()[-4000:]}"
                 ) from None
             collector.settle()
         finally:
