@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -786,7 +786,7 @@ def demo(
     fires one training trigger once every event is in and waits for the training run (of a
     tiny locally built model unless LEARNSTREAM_BASE_MODEL is set).
     """
-    from learnstream.core.signals import Terminated, raise_on_sigterm
+    from learnstream.core.signals import Terminated, raise_on_sigterm, stopped_by_signal
     from learnstream.demo import DemoError, run_demo
     from learnstream.localkafka import LocalKafkaError
 
@@ -800,13 +800,26 @@ def demo(
             kafka=use_kafka,
             timeout=timeout,
         )
-    except DemoError as exc:
-        raise click.ClickException(f"demo: {exc}") from None
-    except LocalKafkaError as exc:
-        raise click.ClickException(f"local Kafka: {exc}") from None
     except (Terminated, KeyboardInterrupt):
-        click.echo("demo stopped; its worker, sink and trainer were stopped with it", err=True)
-        sys.exit(143)
+        _demo_stopped()
+    except Exception as exc:
+        if stopped_by_signal(exc):  # a cleanup failed as the signal stopped the demo
+            _demo_stopped(exc)
+        if isinstance(exc, DemoError):
+            raise click.ClickException(f"demo: {exc}") from None
+        if isinstance(exc, LocalKafkaError):
+            raise click.ClickException(f"local Kafka: {exc}") from None
+        raise
+
+
+def _demo_stopped(during: Exception | None = None) -> NoReturn:
+    """One line on stderr and exit 143, however the stop went (``during``: what failed in it)."""
+    why = ""
+    if during is not None:
+        detail = (str(during).splitlines() or [""])[0][:200]
+        why = f" ({type(during).__name__} while stopping: {detail})"
+    click.echo(f"demo stopped; its worker, sink and trainer were stopped with it{why}", err=True)
+    sys.exit(143)
 
 
 def _register_plugins() -> None:

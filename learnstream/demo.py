@@ -29,9 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from learnstream.core.settings import Settings
+
+if TYPE_CHECKING:
+    import subprocess
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KEEP_RUNS = 3
@@ -340,7 +343,7 @@ class Children:
     def check(self) -> None:
         """Fail in one line if a child died: its exit code, its log's last line, the log."""
         for name, (proc, _) in self.procs.items():
-            if proc.poll() is not None:
+            if _reap(proc) is not None:
                 path = self.logs / f"{name}.log"
                 lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
                 last = lines[-1].strip()[:300] if lines else "(empty)"
@@ -350,20 +353,49 @@ class Children:
                 )
 
     def stop(self) -> None:
-        """SIGTERM every child, then wait (kill after 60 s)."""
+        """SIGTERM every child, then wait (kill after 60 s); it raises nothing of its own, so
+        the exception that stops the demo (`Terminated`) is the one that leaves it."""
         import signal
-        import subprocess
 
         for proc, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if _reap(proc) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
         for proc, log in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            if not _wait(proc, 60):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                _wait(proc, 10)
             log.close()
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> int | None:
+    """The child's exit code once it exited, else None; never blocks (like ``Popen.poll``).
+
+    Not ``Popen.poll``: SIGTERM raises `Terminated` wherever the main thread is, and raised
+    right after poll took the Popen's ``_waitpid_lock`` (before its ``try``) it leaves that lock
+    taken; every later ``poll`` then says "running" and ``wait(60)`` times out, so the stop
+    raised ``TimeoutExpired``: exit 1 instead of 143. ``os.waitpid`` takes no lock.
+    """
+    if proc.returncode is None:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already, its status lost
+            proc.returncode = -1
+        else:
+            if pid == proc.pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether the child exited within ``timeout`` seconds (`_reap`, not ``Popen.wait``)."""
+    deadline = time.monotonic() + timeout
+    while _reap(proc) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # --- following the pipeline -----------------------------------------------------------------

@@ -84,3 +84,16 @@ def raise_on_sigterm() -> None:
         raise Terminated(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def stopped_by_signal(exc: BaseException) -> bool:
+    """Whether ``exc`` is `Terminated` or KeyboardInterrupt, or was raised while one was being
+    handled (a ``finally`` block's cleanup that failed as the signal stopped the process)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Terminated | KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__context__
+    return False

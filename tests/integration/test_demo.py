@@ -265,6 +265,7 @@ def test_demo_fails_fast_in_one_line_when_nothing_can_be_learned(tmp_path: Path)
 @pytest.mark.slow
 def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
     import signal
+    import threading
     import time
 
     import psutil
@@ -278,6 +279,9 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
+    errors: list[str] = []  # read as it comes, so that a full pipe never blocks the demo
+    reader = threading.Thread(target=lambda: errors.extend(demo.stderr or ()), daemon=True)
+    reader.start()
     try:
         assert demo.stdout is not None
         seen = []
@@ -291,7 +295,13 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
         pid_file = _run_dir("".join(seen)) / "postgres" / "postmaster.pid"
         postmaster = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         demo.send_signal(signal.SIGTERM)
-        assert demo.wait(120) == 143
+        code = demo.wait(120)
+        reader.join(30)
+        err = "".join(errors)
+        assert code == 143, (
+            f"exit code {code} after SIGTERM, not 143\n--- stdout:\n{''.join(seen)}"
+            f"{demo.stdout.read()}--- stderr:\n{err}"
+        )
         _, gone_alive = psutil.wait_procs(children, timeout=30)
         assert gone_alive == [], [p.cmdline() for p in gone_alive]
         if postmaster is not None:
@@ -299,7 +309,7 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
             while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert not psutil.pid_exists(postmaster), "the embedded PostgreSQL kept running"
-        assert "demo stopped" in (demo.stderr.read() if demo.stderr else "")
+        assert "demo stopped" in err, err
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from learnstream.cli import cli
+from learnstream.core.signals import Terminated
 from learnstream.demo import (
     KEEP_RUNS,
+    Children,
     DemoError,
     _demo_line,
     claim_broker,
@@ -65,3 +73,81 @@ def test_event_ids_derive_from_the_run() -> None:
     given = b'{"event_type":"query","event_id":"kept"}\n'
     assert _demo_line(given, "run-a", "aidb", 0) == given
     assert _demo_line(b"not json\n", "run-a", "aidb", 0) == b"not json\n"
+
+
+def _child(children: Children, name: str, code: str) -> subprocess.Popen[bytes]:
+    """A child running ``code``, as `Children.start` would keep it, whose Popen lock is taken:
+    what SIGTERM (`Terminated`) raised right after ``Popen.poll`` took it leaves behind."""
+    log = open(children.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed by stop()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+    children.procs[name] = (proc, log)
+    assert proc._waitpid_lock.acquire(blocking=False)  # type: ignore[attr-defined]
+    return proc
+
+
+def _reap_anyway(proc: subprocess.Popen[bytes]) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        os.waitpid(proc.pid, 0)
+
+
+def test_stop_ends_a_child_whose_popen_lock_a_signal_left_taken(tmp_path: Path) -> None:
+    children = Children({}, tmp_path / "logs")
+    proc = _child(children, "worker", "import time; time.sleep(300)")
+    try:
+        children.stop()  # with Popen.wait: TimeoutExpired after 60 + 10 s, the demo's exit 1
+        assert proc.returncode == -signal.SIGTERM
+    finally:
+        _reap_anyway(proc)
+
+
+def test_check_sees_a_dead_child_whose_popen_lock_a_signal_left_taken(tmp_path: Path) -> None:
+    children = Children({}, tmp_path / "logs")
+    proc = _child(children, "sink", "print('sink failed'); raise SystemExit(3)")
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+        with pytest.raises(DemoError, match=r"`learnstream sink` exited with 3; .*sink failed"):
+            children.check()
+    finally:
+        _reap_anyway(proc)
+        children.stop()
+
+
+def test_a_cleanup_failing_after_sigterm_still_stops_the_demo_with_143(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run_demo(*args: object, **kwargs: object) -> None:
+        try:
+            raise Terminated(143)
+        finally:  # a child's stop that failed as the demo stopped
+            raise subprocess.TimeoutExpired(["learnstream", "worker"], 10)
+
+    monkeypatch.setattr("learnstream.demo.run_demo", run_demo)
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli, ["demo"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # the demo command installed its own
+    assert result.exit_code == 143, result.output
+    assert result.stderr.splitlines() == [
+        "demo stopped; its worker, sink and trainer were stopped with it (TimeoutExpired "
+        "while stopping: Command '['learnstream', 'worker']' timed out after 10 seconds)"
+    ]
+
+
+def test_a_demo_error_without_a_signal_is_still_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run_demo(*args: object, **kwargs: object) -> None:
+        raise DemoError("nothing was learned")
+
+    monkeypatch.setattr("learnstream.demo.run_demo", run_demo)
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli, ["demo"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["Error: demo: nothing was learned"]
