@@ -53,13 +53,22 @@ class WorkerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample's value from /metrics (0 if absent)."""
+    def metric(self, name: str, wait_s: float = 0, **labels: str) -> float:
+        """One sample's value from /metrics (0 if absent). With ``wait_s``, a page that does not
+        answer (a busy worker) is asked again for up to that long, then it is an error; without,
+        it counts as 0 (not serving yet)."""
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        try:
-            page = self.metrics()
-        except OSError:  # not serving yet
-            return 0.0
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                page = self.metrics()
+                break
+            except OSError as exc:
+                if not wait_s:
+                    return 0.0
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f"/metrics did not answer in {wait_s:g} s: {exc}") from exc
+                time.sleep(0.5)
         for line in page.splitlines():
             if line.startswith("#"):
                 continue
