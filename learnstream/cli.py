@@ -814,10 +814,11 @@ def demo(
 
 def _demo_stopped(during: Exception | None = None) -> NoReturn:
     """One line on stderr and exit 143, however the stop went (``during``: what failed in it)."""
+    from schemas.errors import one_line
+
     why = ""
     if during is not None:
-        detail = (str(during).splitlines() or [""])[0][:200]
-        why = f" ({type(during).__name__} while stopping: {detail})"
+        why = f" ({type(during).__name__} while stopping: {one_line(str(during), 200)})"
     click.echo(f"demo stopped; its worker, sink and trainer were stopped with it{why}", err=True)
     sys.exit(143)
 

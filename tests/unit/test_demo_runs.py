@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from learnstream.cli import cli
 from learnstream.core.signals import Terminated
@@ -113,6 +114,17 @@ def test_check_sees_a_dead_child_whose_popen_lock_a_signal_left_taken(tmp_path: 
         children.stop()
 
 
+def _demo_with(run_demo: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """`learnstream demo` through the CLI, with ``run_demo`` in place of the real one."""
+    monkeypatch.setattr("learnstream.demo.run_demo", run_demo)
+    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return CliRunner().invoke(cli, ["demo"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # the demo command installed its own
+
+
 def test_a_cleanup_failing_after_sigterm_still_stops_the_demo_with_143(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,13 +134,7 @@ def test_a_cleanup_failing_after_sigterm_still_stops_the_demo_with_143(
         finally:  # a child's stop that failed as the demo stopped
             raise subprocess.TimeoutExpired(["learnstream", "worker"], 10)
 
-    monkeypatch.setattr("learnstream.demo.run_demo", run_demo)
-    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        result = CliRunner().invoke(cli, ["demo"])
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # the demo command installed its own
+    result = _demo_with(run_demo, tmp_path, monkeypatch)
     assert result.exit_code == 143, result.output
     assert result.stderr.splitlines() == [
         "demo stopped; its worker, sink and trainer were stopped with it (TimeoutExpired "
@@ -142,12 +148,6 @@ def test_a_demo_error_without_a_signal_is_still_one_error_line(
     def run_demo(*args: object, **kwargs: object) -> None:
         raise DemoError("nothing was learned")
 
-    monkeypatch.setattr("learnstream.demo.run_demo", run_demo)
-    monkeypatch.setenv("LEARNSTREAM_DATA_DIR", str(tmp_path))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        result = CliRunner().invoke(cli, ["demo"])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = _demo_with(run_demo, tmp_path, monkeypatch)
     assert result.exit_code == 1
     assert result.stderr.splitlines() == ["Error: demo: nothing was learned"]
