@@ -12,6 +12,17 @@ from typing import Any
 from confluent_kafka import Consumer
 
 
+def recent_base_ms() -> int:
+    """A whole second an hour ago, in ms: a base for records with chosen timestamps.
+
+    Never a fixed date: Kafka's time-based retention (7 days unless the topic says otherwise)
+    deletes older records at its first check, 30 s after the broker starts and every 5 minutes
+    after that, so a record stamped in 2023 can vanish in the middle of a test (its low
+    watermark jumps to the high one).
+    """
+    return (int(time.time()) - 3600) * 1000
+
+
 @dataclass
 class Record:
     """A consumed record, decoded."""

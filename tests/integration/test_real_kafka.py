@@ -23,10 +23,11 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas.topics import TOPICS
 from tests.integration.conftest import BrokerUnderTest
+from tests.integration.kafka_helpers import recent_base_ms
 
 pytestmark = pytest.mark.integration
 
-TS0 = 1_760_000_000_000  # ms
+TS0 = recent_base_ms()  # never a fixed old date: retention would delete the records
 
 
 def learnstream(
