@@ -244,7 +244,8 @@ def landed(kafka_broker: Any, pg_url: str) -> Landed:
     ids = [s.event_id for s in items]
     with running(sink):
         wait_for(lambda: count_rows(pg_url, ids) == len(ids), what="rows")
-        assert metric(sink, "learnstream_sink_batches_total") >= 1
+        # A batch counts once its offsets are committed, a moment after its rows are visible.
+        wait_for(lambda: metric(sink, "learnstream_sink_batches_total") >= 1, what="a batch")
         assert metric(sink, "learnstream_sink_rows_written_total") >= len(ids)
     return Landed(bootstrap, pg_url, group, items)
 
